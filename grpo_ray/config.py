@@ -1,0 +1,407 @@
+"""The one typed config: every knob of a grpo-ray run lives here, and only here.
+
+One frozen dataclass per concern, composed into :class:`TrainConfig`. Each field carries its
+help text in ``metadata["help"]``; the CLI (:mod:`grpo_ray.cli`), YAML loading and the
+README's knob table are all generated from these declarations. Every ``__post_init__``
+validates its own fields and raises :class:`ConfigError` naming the field and the fix, so a
+bad run dies at start-up, before any model is loaded or any GPU is touched.
+
+The GRPO knobs keep TRL's names and defaults (``GRPOConfig`` of ``trl`` 1.16; Unsloth's
+advanced RL documentation lists the same set). Where a default differs, its help says why:
+``per_device_train_batch_size`` (two prompts per cycle by default), and the importance
+sampling correction, which is the seed's token-level truncation (TIS) with cap 2.0 rather
+than TRL 1.16's ``sequence_mask`` mode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field and how to fix it."""
+
+
+def knob(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with its help text (shown by ``--help`` and in the README table)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not allowed in frozen configs; use a tuple")
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+def _fail(section: str, name: str, value: Any, fix: str) -> None:
+    raise ConfigError(f"{section}.{name}={value!r} is invalid: {fix}")
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        _fail(section, name, value, f"choose one of {', '.join(map(repr, choices))}")
+
+
+def _check_positive(section: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        _fail(section, name, value, f"set a finite number {bound}")
+
+
+def _check_int(section: str, name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _fail(section, name, value, f"set an integer >= {minimum}")
+
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """The algorithm: group sampling, advantages, the clipped surrogate, KL and IS correction."""
+
+    num_generations: int = knob(8, "Completions sampled per prompt (the group size G).")
+    num_iterations: int = knob(
+        1, "PPO epochs over each generation batch (mu in the GRPO paper); >1 needs old logprobs."
+    )
+    beta: float = knob(
+        0.0, "KL coefficient against the reference policy; 0 loads no reference (faster, less memory)."
+    )
+    epsilon: float = knob(0.2, "Lower clip range of the importance ratio: ratio >= 1 - epsilon.")
+    epsilon_high: float | None = knob(
+        None, "Upper clip range (ratio <= 1 + epsilon_high); None = epsilon. DAPO suggests 0.28."
+    )
+    delta: float | None = knob(
+        None, "Two-sided GRPO: also cap the unclipped ratio at delta (INTELLECT-2; use > 1 + epsilon)."
+    )
+    loss_type: str = knob(
+        "dapo",
+        "Loss normaliser: grpo (per sequence), dr_grpo (B x max_completion_length), "
+        "dapo (tokens in the whole generation batch), bnpo (tokens in the local batch).",
+    )
+    importance_sampling_level: str = knob(
+        "token", "token: one ratio per token; sequence: mean log-ratio per sequence (GSPO)."
+    )
+    scale_rewards: str | bool = knob(  # bool accepted (TRL's form), stored as "group"/"none"
+        "group",
+        "Advantage scaling: group (std within each group), batch (std over the batch), "
+        "none (no scaling, as Dr. GRPO recommends). true/false map to group/none.",
+    )
+    reward_weights: tuple[float, ...] | None = knob(
+        None, "One weight per reward function; None = all 1.0."
+    )
+    mask_truncated_completions: bool = knob(
+        False, "Exclude completions that hit max_completion_length without EOS from the loss (DAPO)."
+    )
+    vllm_importance_sampling_correction: bool = knob(
+        True,
+        "Truncated importance sampling (TIS): weight each token by min(pi_old/pi_sampler, cap) "
+        "to correct for the rollout engine's numerics. Applied when sampler logprobs are given.",
+    )
+    vllm_importance_sampling_cap: float = knob(2.0, "The cap C of truncated importance sampling.")
+    max_prompt_length: int | None = knob(
+        512, "Prompts longer than this many tokens are truncated from the left; None = no limit."
+    )
+    max_completion_length: int = knob(512, "Most tokens generated per completion.")
+
+    def __post_init__(self) -> None:
+        s = "grpo"
+        # TRL accepts booleans for scale_rewards; normalise them to the string form.
+        if self.scale_rewards is True:
+            object.__setattr__(self, "scale_rewards", "group")
+        elif self.scale_rewards is False:
+            object.__setattr__(self, "scale_rewards", "none")
+        if self.reward_weights is not None and not isinstance(self.reward_weights, tuple):
+            object.__setattr__(self, "reward_weights", tuple(self.reward_weights))
+        _check_int(s, "num_generations", self.num_generations, 2)
+        _check_int(s, "num_iterations", self.num_iterations, 1)
+        _check_positive(s, "beta", self.beta, allow_zero=True)
+        _check_positive(s, "epsilon", self.epsilon)
+        if self.epsilon >= 1:
+            _fail(s, "epsilon", self.epsilon, "set 0 < epsilon < 1 (the lower bound 1 - epsilon must stay > 0)")
+        if self.epsilon_high is not None:
+            _check_positive(s, "epsilon_high", self.epsilon_high)
+        if self.delta is not None:
+            _check_positive(s, "delta", self.delta)
+            if self.delta <= 1 + self.epsilon_high_value:
+                _fail(s, "delta", self.delta, f"set delta > 1 + epsilon_high = {1 + self.epsilon_high_value}")
+        _check_choice(s, "loss_type", self.loss_type, LOSS_TYPES)
+        _check_choice(s, "importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+        _check_choice(s, "scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        if self.reward_weights is not None:
+            if len(self.reward_weights) == 0:
+                _fail(s, "reward_weights", self.reward_weights, "give one weight per reward function, or None")
+            for w in self.reward_weights:
+                if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
+                    _fail(s, "reward_weights", self.reward_weights, "every weight must be a finite number")
+        _check_positive(s, "vllm_importance_sampling_cap", self.vllm_importance_sampling_cap)
+        if self.vllm_importance_sampling_cap < 1:
+            _fail(s, "vllm_importance_sampling_cap", self.vllm_importance_sampling_cap, "set a cap >= 1")
+        if self.max_prompt_length is not None:
+            _check_int(s, "max_prompt_length", self.max_prompt_length, 1)
+        _check_int(s, "max_completion_length", self.max_completion_length, 1)
+
+    @property
+    def epsilon_high_value(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings for the rollout engine (same meaning in the HF and vLLM backends)."""
+
+    temperature: float = knob(1.0, "Sampling temperature; keep it high (1.0) so groups are diverse.")
+    top_p: float = knob(1.0, "Nucleus sampling: keep the smallest token set with this total probability.")
+    top_k: int | None = knob(None, "Keep only the k most likely tokens; None disables top-k.")
+    min_p: float | None = knob(None, "Drop tokens below min_p x the top token's probability; None disables.")
+    repetition_penalty: float = knob(1.0, "> 1 discourages repeating prompt/completion tokens.")
+
+    def __post_init__(self) -> None:
+        s = "generation"
+        _check_positive(s, "temperature", self.temperature)
+        _check_positive(s, "top_p", self.top_p)
+        if self.top_p > 1:
+            _fail(s, "top_p", self.top_p, "set 0 < top_p <= 1")
+        if self.top_k is not None:
+            _check_int(s, "top_k", self.top_k, 1)
+        if self.min_p is not None and not (0.0 <= self.min_p <= 1.0):
+            _fail(s, "min_p", self.min_p, "set 0 <= min_p <= 1, or None")
+        _check_positive(s, "repetition_penalty", self.repetition_penalty)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How a generation batch is cut into micro-steps (see grpo_ray.batching)."""
+
+    per_device_train_batch_size: int = knob(
+        16,
+        "Completions per process per micro-step. (TRL's default is 8; with num_generations=8 that "
+        "is one prompt per cycle, which grpo-ray rejects, so the default here holds two.)",
+    )
+    gradient_accumulation_steps: int = knob(1, "Micro-steps accumulated per optimizer step.")
+    steps_per_generation: int | None = knob(
+        None, "Micro-steps fed by one generation batch; None = gradient_accumulation_steps."
+    )
+    num_processes: int = knob(1, "Learner processes (data-parallel ranks).")
+
+    def __post_init__(self) -> None:
+        s = "batch"
+        _check_int(s, "per_device_train_batch_size", self.per_device_train_batch_size, 1)
+        _check_int(s, "gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        if self.steps_per_generation is not None:
+            _check_int(s, "steps_per_generation", self.steps_per_generation, 1)
+        _check_int(s, "num_processes", self.num_processes, 1)
+
+    @property
+    def steps_per_generation_value(self) -> int:
+        return self.gradient_accumulation_steps if self.steps_per_generation is None else self.steps_per_generation
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Completions per generation cycle: steps_per_generation x num_processes x batch size."""
+        return self.steps_per_generation_value * self.num_processes * self.per_device_train_batch_size
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy model."""
+
+    name_or_path: str = knob("", "Local path (or hub id, where a hub is reachable) of the policy model.")
+    dtype: str = knob("float32", "Weights dtype: float32, bfloat16 or float16.")
+    gradient_checkpointing: bool = knob(
+        False, "Recompute activations in backward to save memory (TRL defaults to true; off suits small models)."
+    )
+    trust_remote_code: bool = knob(False, "Allow model code shipped with the checkpoint.")
+    logprob_impl: str = knob(
+        "auto",
+        "How the learner turns hidden states into token logprobs: auto (triton on CUDA, else torch), "
+        "torch or triton (chunked, never the full [B, T, V] logits), or full (plain logits; reference).",
+    )
+    logprob_chunk_size: int = knob(4096, "Tokens per chunk of the chunked logprob computation.")
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _check_choice("model", "logprob_impl", self.logprob_impl, ("auto", "torch", "triton", "full"))
+        _check_int("model", "logprob_chunk_size", self.logprob_chunk_size, 1)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters through peft; disabled = full fine-tuning."""
+
+    enabled: bool = knob(True, "Train LoRA adapters (true) or every weight (false).")
+    r: int = knob(16, "LoRA rank.")
+    alpha: int = knob(32, "LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = knob(0.0, "Dropout on the LoRA branch.")
+    target_modules: tuple[str, ...] = knob(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        "Module names that get adapters.",
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target_modules, tuple):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        _check_int("lora", "r", self.r, 1)
+        _check_int("lora", "alpha", self.alpha, 1)
+        if not 0.0 <= self.dropout < 1.0:
+            _fail("lora", "dropout", self.dropout, "set 0 <= dropout < 1")
+        if self.enabled and not self.target_modules:
+            _fail("lora", "target_modules", self.target_modules, "name at least one module, or set lora.enabled=false")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its schedule."""
+
+    learning_rate: float = knob(1e-6, "Peak learning rate (TRL's GRPO default).")
+    weight_decay: float = knob(0.0, "AdamW weight decay.")
+    adam_beta1: float = knob(0.9, "AdamW beta1.")
+    adam_beta2: float = knob(0.999, "AdamW beta2 (the seed tutorials use 0.99).")
+    max_grad_norm: float = knob(1.0, "Clip the global gradient norm to this value; 0 disables.")
+    lr_scheduler_type: str = knob("linear", "constant, linear or cosine decay after warm-up.")
+    warmup_ratio: float = knob(0.0, "Fraction of optimizer steps spent warming up linearly.")
+
+    def __post_init__(self) -> None:
+        s = "optim"
+        _check_positive(s, "learning_rate", self.learning_rate)
+        _check_positive(s, "weight_decay", self.weight_decay, allow_zero=True)
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                _fail(s, name, value, "set 0 <= beta < 1")
+        _check_positive(s, "max_grad_norm", self.max_grad_norm, allow_zero=True)
+        _check_choice(s, "lr_scheduler_type", self.lr_scheduler_type, ("constant", "linear", "cosine"))
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0.0 <= self.warmup_ratio < 1.0:
+            _fail(s, "warmup_ratio", self.warmup_ratio, "set 0 <= warmup_ratio < 1")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Rollout workers: how many, and which generation engine they own."""
+
+    backend: str = knob("hf", "Generation engine: hf (transformers generate, CPU or GPU) or vllm (GPU).")
+    num_workers: int = knob(1, "Rollout workers (Ray actors); prompts are split evenly across them.")
+    num_cpus_per_worker: float = knob(1.0, "CPUs Ray reserves for each rollout worker.")
+    num_gpus_per_worker: float = knob(0.0, "GPUs Ray reserves for each rollout worker.")
+
+    def __post_init__(self) -> None:
+        _check_choice("rollout", "backend", self.backend, ("hf", "vllm"))
+        _check_int("rollout", "num_workers", self.num_workers, 1)
+        _check_positive("rollout", "num_cpus_per_worker", self.num_cpus_per_worker, allow_zero=True)
+        _check_positive("rollout", "num_gpus_per_worker", self.num_gpus_per_worker, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward functions and the worker pool that runs them."""
+
+    functions: tuple[str, ...] = knob(
+        (), "Reward functions by registry name or 'module:function' import path."
+    )
+    num_workers: int = knob(1, "Reward workers (Ray actors); completions are split across them.")
+    processes_per_worker: int = knob(1, "Processes each reward worker runs functions in.")
+    timeout_s: float = knob(30.0, "Seconds one reward call may take before it is killed and penalised.")
+    penalty: float = knob(0.0, "Score given to every completion of a call that timed out or crashed.")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.functions, tuple):
+            object.__setattr__(self, "functions", tuple(self.functions))
+        for name in self.functions:
+            if not isinstance(name, str) or not name.strip():
+                _fail("reward", "functions", self.functions, "every entry must be a registry name or 'module:function'")
+        _check_int("reward", "num_workers", self.num_workers, 1)
+        _check_int("reward", "processes_per_worker", self.processes_per_worker, 1)
+        _check_positive("reward", "timeout_s", self.timeout_s)
+        if not isinstance(self.penalty, (int, float)) or not math.isfinite(self.penalty):
+            _fail("reward", "penalty", self.penalty, "set a finite number")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Length of the run, seeds, logging and checkpoints."""
+
+    output_dir: str = knob("outputs/run", "Where logs (metrics.jsonl) and checkpoints go.")
+    max_steps: int = knob(100, "Optimizer steps to train for.")
+    seed: int = knob(42, "Seed for data order, sampling and initialisation.")
+    logging_steps: int = knob(1, "Log metrics every this many optimizer steps.")
+    save_steps: int = knob(0, "Save a checkpoint every this many optimizer steps; 0 = only at the end.")
+    report_to: tuple[str, ...] = knob((), "Extra metric sinks besides metrics.jsonl: wandb, tensorboard.")
+    ray_address: str | None = knob(
+        None, "Ray cluster to join ('auto' = the running one); None = a running cluster if any, else a local one."
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.report_to, tuple):
+            object.__setattr__(self, "report_to", tuple(self.report_to))
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            _fail("run", "output_dir", self.output_dir, "give a directory path")
+        _check_int("run", "max_steps", self.max_steps, 1)
+        _check_int("run", "seed", self.seed, 0)
+        _check_int("run", "logging_steps", self.logging_steps, 1)
+        _check_int("run", "save_steps", self.save_steps, 0)
+        for sink in self.report_to:
+            _check_choice("run", "report_to", sink, ("wandb", "tensorboard"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole run: every section, plus the checks that span sections."""
+
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        effective = self.batch.effective_batch_size
+        g = self.grpo.num_generations
+        if effective % g:
+            raise ConfigError(
+                f"batch: effective batch size = steps_per_generation x num_processes x "
+                f"per_device_train_batch_size = {effective} is not divisible by "
+                f"grpo.num_generations={g}; change one of them so that it is "
+                f"(e.g. per_device_train_batch_size={g})"
+            )
+        if effective // g < 2:
+            raise ConfigError(
+                f"batch: a generation cycle holds {effective // g} unique prompt(s) "
+                f"({effective} completions / num_generations={g}); GRPO needs at least 2: "
+                f"raise batch.steps_per_generation or per_device_train_batch_size"
+            )
+        n_funcs = len(self.reward.functions)
+        weights = self.grpo.reward_weights
+        if weights is not None and n_funcs and len(weights) != n_funcs:
+            raise ConfigError(
+                f"grpo.reward_weights has {len(weights)} entries but reward.functions names "
+                f"{n_funcs}; give one weight per function"
+            )
+        if self.rollout.backend == "vllm":
+            raise ConfigError(
+                "rollout.backend='vllm' is not available in this version (the vLLM engine arrives "
+                "with the GPU colocate/distributed modes): use rollout.backend='hf'"
+            )
+        if self.batch.num_processes != 1:
+            raise ConfigError(
+                f"batch.num_processes={self.batch.num_processes}: this version trains with one learner "
+                "process (sharded learners arrive with the distributed mode): set batch.num_processes=1"
+            )
+
+
+SECTIONS: dict[str, type] = {
+    # Section name (the TrainConfig field) -> its dataclass, in declaration order.
+    "grpo": GRPOConfig,
+    "generation": GenerationConfig,
+    "batch": BatchConfig,
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "optim": OptimConfig,
+    "rollout": RolloutConfig,
+    "reward": RewardConfig,
+    "run": RunConfig,
+}

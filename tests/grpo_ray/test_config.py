@@ -1,0 +1,154 @@
+"""grpo_ray.config: defaults, normalisation, and every kind of invalid value rejected at
+construction with a message naming the field and the fix."""
+
+import dataclasses
+
+import pytest
+
+from grpo_ray.config import (
+    SECTIONS,
+    BatchConfig,
+    ConfigError,
+    GenerationConfig,
+    GRPOConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    RewardConfig,
+    RolloutConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+
+def test_defaults_are_valid_and_frozen():
+    config = TrainConfig()
+    assert config.grpo.loss_type == "dapo" and config.grpo.beta == 0.0 and config.grpo.epsilon == 0.2
+    assert config.batch.effective_batch_size // config.grpo.num_generations >= 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.grpo.beta = 0.1  # type: ignore[misc]
+
+
+def test_every_field_has_help():
+    for section, cls in SECTIONS.items():
+        assert dataclasses.fields(TrainConfig)[list(SECTIONS).index(section)].name == section
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{section}.{f.name} has no help text"
+
+
+# Knobs whose names come from TRL's GRPOConfig but whose defaults deliberately differ.
+TRL_DEFAULT_EXCEPTIONS = {
+    "per_device_train_batch_size",  # 16, so the default cycle holds 2 prompts (TRL: 8 = 1 prompt)
+    "vllm_importance_sampling_cap",  # TRL 1.16: deprecated alias (None); the seed documents 2.0
+    "max_completion_length",  # 256 here, 512 in TRL 1.16
+    "top_k",  # None (disabled) here; TRL spells disabled as 0
+}
+
+
+def test_grpo_knobs_keep_trl_defaults():
+    trl = pytest.importorskip("trl")
+    theirs = {f.name: f for f in dataclasses.fields(trl.GRPOConfig)}
+    checked = 0
+    for cls in (GRPOConfig, GenerationConfig, BatchConfig):
+        for f in dataclasses.fields(cls):
+            if f.name in theirs and f.name not in TRL_DEFAULT_EXCEPTIONS:
+                assert f.default == theirs[f.name].default, f.name
+                checked += 1
+    assert checked >= 15
+
+
+def test_scale_rewards_bools_and_lists_are_normalised():
+    assert GRPOConfig(scale_rewards=True).scale_rewards == "group"
+    assert GRPOConfig(scale_rewards=False).scale_rewards == "none"
+    assert GRPOConfig(reward_weights=[1, 0.5]).reward_weights == (1, 0.5)
+    assert RewardConfig(functions=["a", "b"]).functions == ("a", "b")
+    assert GRPOConfig(epsilon=0.2, epsilon_high=0.28).epsilon_high_value == 0.28
+    assert GRPOConfig(epsilon=0.3).epsilon_high_value == 0.3
+    assert BatchConfig(gradient_accumulation_steps=3).steps_per_generation_value == 3
+
+
+def test_valid_edge_cases_are_accepted():
+    GRPOConfig(delta=1.21)  # > 1 + epsilon = 1.2
+    GRPOConfig(beta=0.0, vllm_importance_sampling_cap=1.0, max_prompt_length=None)
+    # 2 unique prompts is the least GRPO accepts
+    TrainConfig(batch=BatchConfig(per_device_train_batch_size=8, steps_per_generation=2), grpo=GRPOConfig(num_generations=8))
+    # reward_weights are only checked against reward.functions when functions are named
+    TrainConfig(grpo=GRPOConfig(reward_weights=(1.0, 2.0)))
+    TrainConfig(grpo=GRPOConfig(reward_weights=(1.0, 2.0)), reward=RewardConfig(functions=("a", "b")))
+
+
+def bad_batch(per_device, spg, g, procs=1):
+    return lambda: TrainConfig(
+        batch=BatchConfig(per_device_train_batch_size=per_device, steps_per_generation=spg, num_processes=procs),
+        grpo=GRPOConfig(num_generations=g),
+    )
+
+
+# (what is wrong, how to build it, text the message must contain: the field and the fix)
+BAD_CONFIGS = [
+    ("negative epsilon", lambda: GRPOConfig(epsilon=-0.1), ["grpo.epsilon", "> 0"]),
+    ("epsilon >= 1", lambda: GRPOConfig(epsilon=1.0), ["grpo.epsilon", "0 < epsilon < 1"]),
+    ("nan epsilon_high", lambda: GRPOConfig(epsilon_high=float("nan")), ["grpo.epsilon_high", "finite"]),
+    ("negative beta", lambda: GRPOConfig(beta=-0.01), ["grpo.beta", ">= 0"]),
+    ("delta inside the clip range", lambda: GRPOConfig(epsilon_high=0.28, delta=1.2), ["grpo.delta", "delta > 1 + epsilon_high"]),
+    ("unknown loss_type", lambda: GRPOConfig(loss_type="ppo"), ["grpo.loss_type", "'dapo'", "'dr_grpo'"]),
+    ("unknown importance level", lambda: GRPOConfig(importance_sampling_level="seq"), ["grpo.importance_sampling_level", "'sequence'"]),
+    ("unknown scale_rewards", lambda: GRPOConfig(scale_rewards="std"), ["grpo.scale_rewards", "'batch'"]),
+    ("num_generations < 2", lambda: GRPOConfig(num_generations=1), ["grpo.num_generations", ">= 2"]),
+    ("bool as int", lambda: GRPOConfig(num_generations=True), ["grpo.num_generations", "integer"]),
+    ("num_iterations 0", lambda: GRPOConfig(num_iterations=0), ["grpo.num_iterations", ">= 1"]),
+    ("empty reward_weights", lambda: GRPOConfig(reward_weights=()), ["grpo.reward_weights", "one weight per reward"]),
+    ("non-finite reward weight", lambda: GRPOConfig(reward_weights=(1.0, float("inf"))), ["grpo.reward_weights", "finite"]),
+    ("TIS cap < 1", lambda: GRPOConfig(vllm_importance_sampling_cap=0.5), ["grpo.vllm_importance_sampling_cap", ">= 1"]),
+    ("max_completion_length 0", lambda: GRPOConfig(max_completion_length=0), ["grpo.max_completion_length", ">= 1"]),
+    (
+        "reward_weights length mismatch",
+        lambda: TrainConfig(grpo=GRPOConfig(reward_weights=(1.0,)), reward=RewardConfig(functions=("a", "b"))),
+        ["grpo.reward_weights", "1 entries", "names 2", "one weight per function"],
+    ),
+    (
+        "effective batch not divisible by num_generations",
+        bad_batch(per_device=6, spg=1, g=4),
+        ["grpo.num_generations=4", "effective batch size", "= 6", "divisible"],
+    ),
+    (
+        "one unique prompt per generation",
+        bad_batch(per_device=8, spg=1, g=8),
+        ["1 unique prompt", "at least 2", "batch.steps_per_generation"],
+    ),
+    ("temperature 0", lambda: GenerationConfig(temperature=0.0), ["generation.temperature", "> 0"]),
+    ("top_p > 1", lambda: GenerationConfig(top_p=1.5), ["generation.top_p", "0 < top_p <= 1"]),
+    ("min_p > 1", lambda: GenerationConfig(min_p=2.0), ["generation.min_p", "0 <= min_p <= 1"]),
+    ("top_k 0", lambda: GenerationConfig(top_k=0), ["generation.top_k", ">= 1"]),
+    ("per-device batch 0", lambda: BatchConfig(per_device_train_batch_size=0), ["batch.per_device_train_batch_size", ">= 1"]),
+    ("float accumulation", lambda: BatchConfig(gradient_accumulation_steps=2.0), ["batch.gradient_accumulation_steps", "integer"]),
+    ("unknown dtype", lambda: ModelConfig(dtype="fp8"), ["model.dtype", "'bfloat16'"]),
+    ("lora dropout 1", lambda: LoraConfig(dropout=1.0), ["lora.dropout", "0 <= dropout < 1"]),
+    ("lora without modules", lambda: LoraConfig(target_modules=()), ["lora.target_modules", "lora.enabled=false"]),
+    ("adam beta2 = 1", lambda: OptimConfig(adam_beta2=1.0), ["optim.adam_beta2", "0 <= beta < 1"]),
+    ("negative learning rate", lambda: OptimConfig(learning_rate=-1e-6), ["optim.learning_rate", "> 0"]),
+    ("unknown scheduler", lambda: OptimConfig(lr_scheduler_type="step"), ["optim.lr_scheduler_type", "'cosine'"]),
+    ("unknown rollout backend", lambda: RolloutConfig(backend="sglang"), ["rollout.backend", "'vllm'"]),
+    (
+        "vllm backend (not in this version, or without a GPU)",
+        lambda: TrainConfig(rollout=RolloutConfig(backend="vllm")),
+        ["rollout.backend='vllm'", "rollout.backend='hf'"],
+    ),
+    ("blank reward function", lambda: RewardConfig(functions=("a", " ")), ["reward.functions", "module:function"]),
+    ("reward timeout 0", lambda: RewardConfig(timeout_s=0), ["reward.timeout_s", "> 0"]),
+    ("unknown report sink", lambda: RunConfig(report_to=("mlflow",)), ["run.report_to", "'wandb'"]),
+    ("max_steps 0", lambda: RunConfig(max_steps=0), ["run.max_steps", ">= 1"]),
+]
+
+
+@pytest.mark.parametrize("build, needles", [b[1:] for b in BAD_CONFIGS], ids=[b[0] for b in BAD_CONFIGS])
+def test_bad_config_is_rejected_with_a_clear_message(build, needles):
+    with pytest.raises(ConfigError) as info:
+        build()
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
