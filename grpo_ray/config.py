@@ -215,7 +215,7 @@ class ModelConfig:
     trust_remote_code: bool = knob(False, "Allow model code shipped with the checkpoint.")
     logprob_impl: str = knob(
         "auto",
-        "How the learner turns hidden states into token logprobs: auto (triton on CUDA, else torch), "
+        "How the learner turns hidden states into token logprobs: auto (triton on CUDA for bf16/fp16, else torch), "
         "torch or triton (chunked, never the full [B, T, V] logits), or full (plain logits; reference).",
     )
     logprob_chunk_size: int = knob(4096, "Tokens per chunk of the chunked logprob computation.")
@@ -328,7 +328,7 @@ class RunConfig:
     save_steps: int = knob(0, "Save a checkpoint every this many optimizer steps; 0 = only at the end.")
     report_to: tuple[str, ...] = knob((), "Extra metric sinks besides metrics.jsonl: wandb, tensorboard.")
     ray_address: str | None = knob(
-        None, "Ray cluster to join ('auto' = the running one); None = a running cluster if any, else a local one."
+        None, "Ray cluster to join ('auto' = the one `ray start` runs here); None = $RAY_ADDRESS if set, else a new local one."
     )
 
     def __post_init__(self) -> None:

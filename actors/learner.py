@@ -1,0 +1,172 @@
+"""Learner: owns the policy, its optimizer and schedule, and runs the GRPO micro-steps."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grpo_ray.batching import plan_generation_cycle
+from grpo_ray.config import TrainConfig
+from grpo_ray.loss import grpo_loss, mask_truncated_completions
+from grpo_ray.modeling import completion_logprobs, export_weights, load_policy, load_tokenizer
+from grpo_ray.rollout_batch import RolloutBatch
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+class Learner:
+    """A plain class; the driver wraps it with ``ray.remote`` where it is placed.
+
+    Reference logprobs (``beta > 0``) come from the same model with the LoRA adapter disabled,
+    so LoRA runs hold one copy of the base weights; full fine-tuning keeps a frozen copy only
+    when ``beta > 0``.
+    """
+
+    def __init__(self, config: TrainConfig, num_cpus: int = 1):
+        from transformers import get_scheduler
+
+        torch.set_num_threads(max(1, num_cpus))
+        torch.manual_seed(config.run.seed)
+        self.config = config
+        self.policy = load_policy(config.model, config.lora, trainable=True)
+        self.reference = None
+        if config.grpo.beta > 0 and not config.lora.enabled:
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(
+            params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay
+        )
+        total = config.run.max_steps
+        self.scheduler = get_scheduler(
+            o.lr_scheduler_type, self.optimizer, num_warmup_steps=int(o.warmup_ratio * total), num_training_steps=total
+        )
+        self.version = 0  # bumped by every optimizer step
+        self.trainable_parameters = sum(p.numel() for p in params)
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """(version, tensors) for the rollout engines: LoRA tensors, or the full state dict."""
+        return self.version, export_weights(self.policy, self.config.lora)
+
+    def save(self, path: str) -> str:
+        """Write the adapter (or full model) and tokenizer with ``save_pretrained``."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(out)
+        load_tokenizer(self.config.model).save_pretrained(out)
+        return str(out)
+
+    # -- logprobs --------------------------------------------------------------------------------
+
+    def _logps(self, model: torch.nn.Module, batch: RolloutBatch, with_entropy: bool = False) -> Any:
+        m = self.config.model
+        return completion_logprobs(
+            model,
+            batch.prompt_ids,
+            batch.prompt_mask,
+            batch.completion_ids,
+            batch.completion_mask,
+            temperature=self.config.generation.temperature,
+            impl=m.logprob_impl,
+            chunk_size=m.logprob_chunk_size,
+            with_entropy=with_entropy,
+        )
+
+    @torch.no_grad()
+    def logprobs(self, batch: RolloutBatch, *, reference: bool = False) -> torch.Tensor:
+        """``[N, T]`` logprobs of the batch's completions under the policy (or the reference)."""
+        chunk = self.config.batch.per_device_train_batch_size
+        out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
+        for start in range(0, len(batch), chunk):
+            rows = list(range(start, min(start + chunk, len(batch))))
+            part = batch.select(rows)
+            if not reference:
+                logps = self._logps(self.policy, part)
+            elif self.reference is not None:
+                logps = self._logps(self.reference, part)
+            else:
+                with self.policy.disable_adapter():
+                    logps = self._logps(self.policy, part)
+            out[start : start + len(rows), : logps.shape[1]] = logps.float()
+        return out
+
+    # -- training --------------------------------------------------------------------------------
+
+    def train_generation(self, batch: RolloutBatch, cycle: int) -> list[dict[str, float]]:
+        """Run the micro-steps of generation cycle ``cycle`` on ``batch``; metrics per optimizer step."""
+        c = self.config
+        spg = c.batch.steps_per_generation_value
+        gas = c.batch.gradient_accumulation_steps
+        plan = plan_generation_cycle(
+            c.batch.per_device_train_batch_size, gas, spg, c.grpo.num_generations,
+            c.batch.num_processes, cycle=cycle, num_iterations=c.grpo.num_iterations,
+        )
+        if batch.advantages is None:
+            raise ValueError("the batch has no advantages: the driver computes them before training")
+        mask = batch.completion_mask.float()  # [N, T]
+        if c.grpo.mask_truncated_completions:
+            mask = mask_truncated_completions(mask, batch.truncated)
+        num_items = mask.sum()
+        started = time.perf_counter()
+        # Old logprobs are needed only if the weights move within one generation (TRL's rule);
+        # otherwise the detached current logprobs equal them.
+        needs_old = gas % (spg * c.grpo.num_iterations) != 0
+        old = self.logprobs(batch) if needs_old else None
+        ref = self.logprobs(batch, reference=True) if c.grpo.beta > 0 else None
+        self.policy.train()
+        results: list[dict[str, float]] = []
+        window: dict[str, list[float]] = {}
+        for step in plan:
+            rows = step.rows[0]
+            part = batch.select(rows)
+            t = part.completion_ids.shape[1]
+            logps, entropy = self._logps(self.policy, part, with_entropy=True)
+            idx = torch.as_tensor(rows)
+            on = lambda x: None if x is None else x.to(logps.device)  # noqa: E731
+            loss, metrics = grpo_loss(
+                logps,
+                on(None if old is None else old[idx, :t]),
+                on(None if ref is None else ref[idx, :t]),
+                on(part.advantages),
+                on(mask[idx, :t]),
+                c.grpo,
+                num_items_in_batch=num_items,
+                sampling_logps=on(part.sampling_logps),
+                entropies=entropy,
+                gradient_accumulation_steps=gas,
+                steps_per_generation=spg,
+                num_processes=c.batch.num_processes,
+            )
+            loss.backward()
+            window.setdefault("loss", []).append(loss.item())
+            for k, v in metrics.items():
+                window.setdefault(k, []).append(float(v))
+            if step.optimizer_step:
+                results.append(self._optimizer_step(window))
+                window = {}
+        if window:  # an accumulation window that continues into the next generation
+            results.append({k: _mean(v) for k, v in window.items()} | {"partial_window": 1.0})
+        results[-1]["time/train_s"] = time.perf_counter() - started
+        return results
+
+    def _optimizer_step(self, window: dict[str, list[float]]) -> dict[str, float]:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        max_norm = self.config.optim.max_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.version += 1
+        out = {k: _mean(v) for k, v in window.items()}
+        out["loss"] = sum(window["loss"])  # micro-losses are already scaled to sum to the step's loss
+        out.update({"grad_norm": float(grad_norm), "learning_rate": lr, "weight_version": float(self.version)})
+        return out

@@ -1,0 +1,148 @@
+"""Loading the policy and turning (prompt, completion) batches into per-token logprobs.
+
+Shared by the learner and the HF rollout engine so both see the same model the same way.
+The logprobs never go through the model's ``[B, T, V]`` logits: the decoder's hidden states at
+completion positions meet the LM head in :func:`grpo_ray.logprobs.token_logprobs`, chunk by
+chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from grpo_ray.config import LoraConfig, ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> torch.device:
+    """CUDA where this process was given a GPU (Ray hides GPUs from actors that asked for none)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_tokenizer(config: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.name_or_path, trust_remote_code=config.trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(model: ModelConfig, lora: LoraConfig, *, trainable: bool) -> torch.nn.Module:
+    """The causal LM from ``model.name_or_path``, wrapped with LoRA adapters when enabled.
+
+    ``trainable=False`` (rollout engines) still attaches the adapters, so LoRA tensors from the
+    learner load by name.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if not model.name_or_path:
+        raise ValueError("model.name_or_path is empty: set it to a checkpoint directory")
+    policy = AutoModelForCausalLM.from_pretrained(
+        model.name_or_path, dtype=DTYPES[model.dtype], trust_remote_code=model.trust_remote_code
+    )
+    if lora.enabled:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        policy = get_peft_model(
+            policy,
+            PeftLoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
+    if trainable and model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora.enabled:
+            policy.enable_input_require_grads()
+    policy.to(default_device())
+    policy.train(trainable)
+    if not trainable:
+        policy.requires_grad_(False)
+    return policy
+
+
+def causal_lm(policy: torch.nn.Module) -> torch.nn.Module:
+    """The transformers CausalLM under an optional peft wrapper (adapters stay injected)."""
+    return policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+
+
+def export_weights(policy: torch.nn.Module, lora: LoraConfig) -> dict[str, torch.Tensor]:
+    """What a rollout engine needs to match the learner: LoRA tensors, or the full state dict."""
+    if lora.enabled:
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(policy)
+    else:
+        state = policy.state_dict()
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def import_weights(policy: torch.nn.Module, weights: dict[str, torch.Tensor], lora: LoraConfig) -> None:
+    """Load tensors produced by :func:`export_weights` into a policy of the same shape."""
+    if lora.enabled:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(policy, weights)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"LoRA tensors do not match the rollout model: unexpected {unexpected[:3]}")
+    else:
+        policy.load_state_dict(weights, strict=True)
+
+
+def sequence_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, as ``generate`` assigns them. ``[B, L]``."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logprobs(
+    policy: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float,
+    impl: str = "auto",
+    chunk_size: int = 4096,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each completion token under ``policy`` at ``temperature``. ``[B, T]``.
+
+    prompt_ids/prompt_mask ``[B, P]`` (left-padded), completion_ids/completion_mask ``[B, T]``.
+    The decoder runs once over ``[B, P + T]``; the hidden state before each completion token
+    is scored against the LM head by :func:`grpo_ray.logprobs.token_logprobs`.
+    """
+    from grpo_ray.logprobs import token_logprobs
+
+    lm = causal_lm(policy)
+    device = lm.get_output_embeddings().weight.device
+    completion_ids = completion_ids.to(device)
+    input_ids = torch.cat([prompt_ids.to(device), completion_ids], dim=1)  # [B, P+T]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).to(device)  # [B, P+T]
+    hidden = lm.get_decoder()(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=sequence_positions(attention_mask),
+        use_cache=False,
+    ).last_hidden_state  # [B, P+T, H]
+    p, t = prompt_ids.shape[1], completion_ids.shape[1]
+    hidden = hidden[:, p - 1 : p + t - 1]  # [B, T, H]: the state that predicts each completion token
+    return token_logprobs(
+        hidden,
+        lm.get_output_embeddings().weight,
+        completion_ids,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        impl=impl,
+        with_entropy=with_entropy,
+    )

@@ -1,0 +1,127 @@
+"""grpo_ray.loss.chunked_grpo_loss on CPU in float64: the same loss value, metrics and
+gradients (to hidden states and to a trainable or frozen LM head) as grpo_loss on logprobs
+from the full [B, T, V] logits, for every loss_type and importance-sampling level, with KL
+(beta > 0), truncated importance sampling, old logprobs, temperature 0.7, a fully masked row,
+and sizes that are not multiples of the token or vocabulary chunks."""
+
+import itertools
+
+import pytest
+import torch
+
+from grpo_ray.config import LOSS_TYPES, GRPOConfig
+from grpo_ray.logprobs import full_logprobs
+from grpo_ray.loss import chunked_grpo_loss, grpo_loss
+
+D = torch.float64
+B, T, H, V = 4, 11, 8, 53  # 44 tokens: chunks of 5 tokens and 16 vocabulary entries are ragged
+TEMP = 0.7
+
+
+def inputs(seed=0, weight_grad=True):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, generator=g, dtype=D, requires_grad=True)
+    weight = (torch.randn(V, H, generator=g, dtype=D) / H**0.5 * 3).requires_grad_(weight_grad)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=D)
+    mask[1] = 0.0  # fully masked completion
+    mask[2, 6:] = 0.0
+    mask[3, 9:] = 0.0
+    advantages = torch.tensor([1.0, -0.5, -1.2, 0.7], dtype=D)
+    with torch.no_grad():
+        base = full_logprobs(hidden, weight, ids, TEMP)
+        old = base + 0.3 * torch.randn(B, T, generator=g, dtype=D)  # ratios both sides of the clip
+        ref = base + 0.2 * torch.randn(B, T, generator=g, dtype=D)
+        sampling = old + 0.4 * torch.randn(B, T, generator=g, dtype=D)
+    return hidden, weight, ids, mask, advantages, old, ref, sampling
+
+
+def run_both(config, *, weight_grad=True, use_old=True, use_sampling=True, impl="torch", extra=None):
+    hidden, weight, ids, mask, adv, old, ref, sampling = inputs(weight_grad=weight_grad)
+    extra = extra or {}
+    kw = dict(
+        old_logps=old if use_old else None,
+        ref_logps=ref if config.beta else None,
+        sampling_logps=sampling if use_sampling else None,
+        num_items_in_batch=70.0 if config.loss_type == "dapo" else None,
+    )
+    loss, metrics = chunked_grpo_loss(
+        hidden, weight, ids, mask, adv, config, temperature=TEMP, chunk_size=5, vocab_chunk_size=16,
+        impl=impl, **kw, **extra,
+    )
+    params = [hidden, weight] if weight_grad else [hidden]
+    grads = torch.autograd.grad(loss, params)
+
+    logps = full_logprobs(hidden, weight, ids, TEMP)
+    ref_loss, ref_metrics = grpo_loss(
+        logps, kw["old_logps"], kw["ref_logps"], adv, mask, config,
+        num_items_in_batch=kw["num_items_in_batch"], sampling_logps=kw["sampling_logps"], **extra,
+    )
+    ref_grads = torch.autograd.grad(ref_loss, params)
+    return (loss, metrics, grads), (ref_loss, ref_metrics, ref_grads)
+
+
+def assert_same(got, want):
+    (loss, metrics, grads), (ref_loss, ref_metrics, ref_grads) = got, want
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+    assert metrics.keys() == ref_metrics.keys()
+    for k in metrics:
+        torch.testing.assert_close(metrics[k], ref_metrics[k], rtol=1e-10, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        assert r.abs().max() > 0  # the comparison is not vacuous
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "loss_type,level,beta", list(itertools.product(LOSS_TYPES, ["token", "sequence"], [0.0, 0.04]))
+)
+def test_every_loss_type_matches_grpo_loss_on_full_logits(loss_type, level, beta):
+    config = GRPOConfig(loss_type=loss_type, importance_sampling_level=level, beta=beta, max_completion_length=T)
+    got, want = run_both(config)
+    assert_same(got, want)
+    if beta:
+        assert "kl" in got[1]
+    assert "is_ratio_mean" in got[1]  # TIS was applied
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_frozen_head_lora_case(loss_type):
+    config = GRPOConfig(loss_type=loss_type, epsilon_high=0.28, delta=1.5, max_completion_length=T)
+    got, want = run_both(config, weight_grad=False)
+    assert_same(got, want)
+
+
+def test_on_policy_without_old_logps_and_without_tis():
+    config = GRPOConfig(loss_type="grpo", vllm_importance_sampling_correction=True)
+    got, want = run_both(config, use_old=False, use_sampling=False)
+    assert_same(got, want)
+    assert "is_ratio_mean" not in got[1]
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo"])
+def test_full_impl_and_scaling_kwargs_are_forwarded(loss_type):
+    config = GRPOConfig(loss_type=loss_type, max_completion_length=T)
+    extra = dict(gradient_accumulation_steps=4, steps_per_generation=4, num_processes=2)
+    got, want = run_both(config, extra=extra, impl="full")
+    assert_same(got, want)
+    got, want = run_both(config, extra=extra, impl="torch")
+    assert_same(got, want)
+    plain, _ = run_both(config, impl="torch")
+    assert not torch.allclose(got[0], plain[0])  # the kwargs changed the loss
+
+
+def test_entropy_metric():
+    hidden, weight, ids, mask, adv, *_ = inputs()
+    config = GRPOConfig(loss_type="bnpo")
+    loss, metrics = chunked_grpo_loss(
+        hidden, weight, ids, mask, adv, config, temperature=TEMP, chunk_size=5, vocab_chunk_size=16,
+        impl="torch", with_entropy=True,
+    )
+    _, ent = full_logprobs(hidden, weight, ids, TEMP, with_entropy=True)
+    want = (ent * mask).sum() / mask.sum()
+    torch.testing.assert_close(metrics["entropy"], want, rtol=1e-10, atol=1e-12)
+    # Without with_entropy, a caller's entropies pass through to grpo_loss.
+    _, metrics2 = chunked_grpo_loss(
+        hidden, weight, ids, mask, adv, config, temperature=TEMP, impl="torch", entropies=ent,
+    )
+    torch.testing.assert_close(metrics2["entropy"], want, rtol=1e-10, atol=1e-12)
