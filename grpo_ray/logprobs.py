@@ -37,7 +37,7 @@ Chunk sizes: ``chunk_size`` tokens x ``vocab_chunk_size`` entries bound the logi
 When all the tokens with a gradient fit in one token chunk, each ``grad_W`` slice is written
 by one GEMM; otherwise an fp32 ``[Vc, H]`` accumulator is added per token chunk (extra
 memory traffic). On an H100 at 16384 tokens, 16384 x 16384 chunks ran 137 ms against 148 ms
-for the default 4096 x 8192, for 1.2 GiB more peak memory (benchmarks/RESULTS_loss.md).
+for the default 4096 x 8192, for 1.2 GiB more peak memory (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -49,18 +49,37 @@ def _split(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+def preflight(config: TrainConfig) -> None:
+    """Fail in the driver, before any actor starts, on what would otherwise fail inside one."""
+    from transformers import AutoConfig
+
+    from grpo_ray.rewards import resolve
+
+    if not config.reward.functions:
+        raise ValueError("reward.functions is empty: name at least one reward function")
+    for spec in config.reward.functions:
+        resolve(spec)  # raises RewardResolutionError naming the entry and the registered names
+    try:
+        AutoConfig.from_pretrained(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"model.name_or_path={config.model.name_or_path!r} is not a loadable checkpoint: {err}"
+        ) from err
+
+
 class GRPOTrainer:
     """Owns the actors of one run; ``run()`` is the loop."""
 
     def __init__(self, config: TrainConfig, train_rows: Sequence[dict[str, Any]]):
         self.config = config
+        preflight(config)
         self.sampler = PromptSampler(train_rows, seed=config.run.seed)
         b = config.batch
         self.plan = describe_cycle(
             b.per_device_train_batch_size, b.gradient_accumulation_steps, b.steps_per_generation_value,
             config.grpo.num_generations, b.num_processes, config.grpo.num_iterations,
         )
-        log.info("%s", self.plan.describe())
+        print(self.plan.describe(), flush=True)
         connect(config)
         self.actors: Actors = place_actors(config)
         import ray
@@ -153,6 +172,10 @@ class GRPOTrainer:
                         break
                 cycle += 1
             self.save("final")
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: saving what was learned so far", steps)
+            self.save(f"interrupted-{steps}")
+            raise
         finally:
             bar.close()
             metrics_log.close()

@@ -19,7 +19,7 @@ Backward: per chunk of tokens and of the vocabulary, ``D = coef * (onehot(y) - s
 
 The forward has a "cublas" mode too (:func:`lse_forward_cublas`: cuBLAS fp32 chunk + a fused
 online-logsumexp pass). Both modes keep fp32 logits, so they agree to fp32 rounding. On an
-H100 (benchmarks/RESULTS_loss.md) the cuBLAS backward beats the fused one by 3-6% end to end
+H100 (BENCHMARKS.md) the cuBLAS backward beats the fused one by 3-6% end to end
 (cuBLAS ~800 TFLOPS against 320-535 for the Triton GEMM); the two forward modes are within
 2% end to end at 16384 tokens and the fused one is 9% faster at 4096, hence the defaults. Choose with :func:`set_modes` or the environment
 variables ``GRPO_RAY_TRITON_FWD_MODE`` / ``GRPO_RAY_TRITON_BWD_MODE``.
@@ -46,7 +46,7 @@ import triton.language as tl
 # Overridable for tuning sweeps: GRPO_RAY_TRITON_FWD_CONFIG / GRPO_RAY_TRITON_BWD_CONFIG =
 # "BM,BN,BK,warps,stages".
 _DEFAULT_CONFIGS = {
-    # Chosen by benchmarks/loss_bench.py --sweep-configs on an H100 (RESULTS_loss.md).
+    # Chosen by benchmarks/loss_bench.py --sweep-configs on an H100 (BENCHMARKS.md).
     ("fwd", 16): (128, 256, 64, 8, 3),  # with 33 vocabulary slices: 536-580 TFLOPS at N=16384, H=4096
     ("bwd", 16): (256, 128, 64, 8, 3),  # best of 4 at 4096 tokens x 8192 vocabulary in 2 of 3 sweeps
     ("fwd", 32): (64, 64, 32, 4, 2),

@@ -74,3 +74,41 @@ def test_lora_reference_is_the_base_model(checkpoint, tmp_path):
     assert torch.allclose(learner.logprobs(batch, reference=True), base, atol=1e-6)
     assert not torch.allclose(learner.logprobs(batch), base, atol=1e-4)
     assert "kl" in metrics[-1] and metrics[-1]["kl"] > 0  # the second step sees a moved policy
+
+
+def test_num_iterations_replays_the_batch_against_old_logprobs(checkpoint, tmp_path):
+    """num_iterations=2: the second pass sees a moved policy, so ratios leave 1 and can clip."""
+    config = tiny_config(
+        checkpoint, tmp_path, grpo={"num_iterations": 2, "epsilon": 0.01}, lora={"enabled": False},
+        optim={"learning_rate": 5e-2},
+    )
+    learner, worker = _pair(config)
+    metrics = _train_once(learner, worker)
+    assert learner.version == 4 and len(metrics) == 4  # 2 micro-steps x 2 iterations, one step each
+    assert metrics[0]["clip_ratio/region_mean"] == 0.0  # first micro-step: policy == old policy
+    assert max(m["clip_ratio/region_mean"] for m in metrics[1:]) > 0.0
+
+
+def test_full_finetuning_with_beta_keeps_a_frozen_reference(checkpoint, tmp_path):
+    config = tiny_config(checkpoint, tmp_path, grpo={"beta": 0.1}, lora={"enabled": False})
+    learner, worker = _pair(config)
+    batch = worker.generate(PROMPTS, num_generations=4, seed=0)
+    base = learner.logprobs(batch)
+    _train_once(learner, worker)
+    assert learner.reference is not None
+    assert not any(p.requires_grad for p in learner.reference.parameters())
+    assert torch.equal(learner.logprobs(batch, reference=True), base)
+    assert not torch.allclose(learner.logprobs(batch), base, atol=1e-4)
+
+
+def test_accumulation_across_generations_reports_partial_windows(checkpoint, tmp_path):
+    """gradient_accumulation_steps=4 > steps_per_generation=2: one optimizer step per two cycles."""
+    config = tiny_config(checkpoint, tmp_path, batch={"gradient_accumulation_steps": 4})
+    learner, worker = _pair(config)
+    first = _train_once(learner, worker)
+    assert learner.version == 0 and first[-1]["partial_window"] == 1.0
+    batch = worker.generate(PROMPTS, num_generations=4, seed=1)
+    batch.rewards = torch.arange(len(batch), dtype=torch.float32).unsqueeze(1) % 2
+    batch.advantages = compute_advantages(batch.rewards, 4)
+    second = learner.train_generation(batch, cycle=1)
+    assert learner.version == 1 and "partial_window" not in second[-1] and second[-1]["grad_norm"] > 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import ray
@@ -82,3 +81,4 @@ def test_hanging_reward_function_is_timed_out_and_the_run_continues(cluster, che
     assert result.optimizer_steps == 2
     assert all(step[f"rewards/{hangs}"] == -5.0 for step in result.history)
     assert all(step[f"rewards/{short}"] < 0 for step in result.history)
+

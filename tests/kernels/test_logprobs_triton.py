@@ -12,7 +12,7 @@ Reference: float64 on the GPU from the same (upcast) inputs. Tolerances, and why
   rounded to bf16 in every path (as autograd does for a bf16 matmul) and the outputs are
   bf16, so 2e-2 relative norm (METHOD.md: bf16 operands land between 1e-3 and 1e-2).
 
-Each test prints its measured errors (pytest -s) so RESULTS_loss.md can quote them.
+Each test prints its measured errors (pytest -s) so BENCHMARKS.md can quote them.
 """
 
 import os
