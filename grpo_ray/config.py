@@ -24,11 +24,11 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message names the field and how to fix it."""
 
 
-def knob(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+def knob(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field with its help text (shown by ``--help`` and in the README table)."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are not allowed in frozen configs; use a tuple")
-    return field(default=default, metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help})
 
 
 def _fail(section: str, name: str, value: Any, fix: str) -> None:

@@ -1,8 +1,8 @@
 """The record one GRPO step passes between stages: completions and what the learner needs.
 
 Rows are completions, ``num_generations`` consecutive rows per prompt. Prompts are
-left-padded and completions right-padded, so ``cat([prompt_ids, completion_ids], 1)`` is
-one left-aligned-by-completion batch, as generation produced it.
+left-padded and completions right-padded, so row i of ``cat([prompt_ids, completion_ids], 1)``
+holds the tokens generation saw for completion i with padding only at the two ends.
 """
 
 from __future__ import annotations
@@ -21,13 +21,6 @@ def pad_left(rows: list[torch.Tensor], width: int, value: int | float) -> torch.
     return out
 
 
-def pad_right(rows: list[torch.Tensor], width: int, value: int | float) -> torch.Tensor:
-    out = torch.full((len(rows), width), value, dtype=rows[0].dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
 @dataclass
 class RolloutBatch:
     """Completions of one generation batch (N rows = prompts x num_generations)."""
@@ -43,7 +36,7 @@ class RolloutBatch:
     pad_token_id: int
     advantages: torch.Tensor | None = None  # [N] float32, filled in by the driver
     rewards: torch.Tensor | None = None  # [N, R] float32, NaN = function did not apply
-    meta: dict[str, float] = field(default_factory=dict)  # engine timings etc.
+    meta: dict[str, float] = field(default_factory=dict)  # engine timings (concat keeps the slowest worker's)
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
