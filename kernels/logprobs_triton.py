@@ -96,6 +96,28 @@ def _check(hidden: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError("hidden and weight must be contiguous in their last dimension")
 
 
+@triton.jit
+def _logits_tile(
+    h_rows, w_rows, row_ok, col_ok, K,
+    EVEN_K: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """fp32 ``[BLOCK_M, BLOCK_N]`` tile of ``hidden @ weight.T`` (rows/columns out of range load 0)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        if EVEN_K:
+            a = tl.load(h_rows + kk[None, :], mask=row_ok[:, None], other=0.0)
+            b = tl.load(w_rows + kk[None, :], mask=col_ok[:, None], other=0.0)
+        else:
+            k_ok = kk < K
+            a = tl.load(h_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_rows + kk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PREC)
+    return acc
+
+
 @triton.jit(do_not_specialize=["N", "V", "num_splits"])
 def _fwd_kernel(
     h_ptr, w_ptr, y_ptr,  # [N, K], [V, K], [N]
@@ -112,7 +134,6 @@ def _fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = offs_m < N
     y = tl.load(y_ptr + offs_m, mask=row_ok, other=-1)
-    offs_k = tl.arange(0, BLOCK_K)
     h_rows = h_ptr + offs_m.to(tl.int64)[:, None] * stride_hn
 
     tiles = tl.cdiv(V, BLOCK_N)
@@ -128,17 +149,7 @@ def _fwd_kernel(
         offs_n = v0 + tl.arange(0, BLOCK_N)
         col_ok = offs_n < v_hi
         w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wv
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + offs_k
-            if EVEN_K:
-                a = tl.load(h_rows + kk[None, :], mask=row_ok[:, None], other=0.0)
-                b = tl.load(w_rows + kk[None, :], mask=col_ok[:, None], other=0.0)
-            else:
-                k_ok = kk < K
-                a = tl.load(h_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(w_rows + kk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PREC)
+        acc = _logits_tile(h_rows, w_rows, row_ok, col_ok, K, EVEN_K, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K)
         z = acc * inv_t
         z = tl.where(col_ok[None, :], z, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(z, 1))
@@ -177,22 +188,11 @@ def _dlogits_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     row_ok = offs_m < N
     col_ok = offs_n < V
     h_rows = h_ptr + offs_m.to(tl.int64)[:, None] * stride_hn
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wv
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + offs_k
-        if EVEN_K:
-            a = tl.load(h_rows + kk[None, :], mask=row_ok[:, None], other=0.0)
-            b = tl.load(w_rows + kk[None, :], mask=col_ok[:, None], other=0.0)
-        else:
-            k_ok = kk < K
-            a = tl.load(h_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(w_rows + kk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PREC)
+    acc = _logits_tile(h_rows, w_rows, row_ok, col_ok, K, EVEN_K, DOT_PREC, BLOCK_M, BLOCK_N, BLOCK_K)
 
     y = tl.load(y_ptr + offs_m, mask=row_ok, other=-1)
     lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
