@@ -29,7 +29,8 @@ def check_rows(rows: Sequence[dict[str, Any]]) -> None:
     """Fail early, naming the row, when a dataset cannot feed the loop."""
     if len(rows) == 0:
         raise ValueError("the training dataset is empty")
-    for i, row in enumerate(rows[:1000]):
+    for i in range(min(len(rows), 1000)):  # index, not slice: a datasets.Dataset slices to columns
+        row = rows[i]
         if "prompt" not in row:
             raise ValueError(f"dataset row {i} has no 'prompt' column (columns: {sorted(row)}); map your data to one")
         prompt = row["prompt"]
