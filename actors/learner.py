@@ -38,17 +38,16 @@ class Learner:
         self.reference = None
         if config.grpo.beta > 0 and not config.lora.enabled:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
         o = config.optim
         self.optimizer = torch.optim.AdamW(
-            params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay
+            self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay
         )
         total = config.run.max_steps
         self.scheduler = get_scheduler(
             o.lr_scheduler_type, self.optimizer, num_warmup_steps=int(o.warmup_ratio * total), num_training_steps=total
         )
         self.version = 0  # bumped by every optimizer step
-        self.trainable_parameters = sum(p.numel() for p in params)
 
     # -- weights ---------------------------------------------------------------------------------
 
@@ -158,9 +157,8 @@ class Learner:
         return results
 
     def _optimizer_step(self, window: dict[str, list[float]]) -> dict[str, float]:
-        params = [p for p in self.policy.parameters() if p.requires_grad]
         max_norm = self.config.optim.max_grad_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm > 0 else float("inf"))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from grpo_ray.advantages import combine_rewards, compute_advantages
+from grpo_ray.advantages import combine_rewards, compute_advantages, nanstd
 from grpo_ray.batching import describe_cycle
 from grpo_ray.cli import config_to_dict
 from grpo_ray.cluster import Actors, connect, place_actors
@@ -188,7 +188,7 @@ class GRPOTrainer:
         lengths = batch.completion_mask.sum(1).float()
         out = {
             "reward": float(torch.nanmean(total)),
-            "reward_std": float(total[~torch.isnan(total)].std()) if (~torch.isnan(total)).sum() > 1 else 0.0,
+            "reward_std": float(torch.nan_to_num(nanstd(total))),  # 0 with fewer than two scored rows
             "completion_length": float(lengths.mean()),
             "truncated_fraction": float(batch.truncated.float().mean()),
             "weight_version_sampled": float(batch.weight_version),

@@ -23,7 +23,7 @@ def encode_prompts(tokenizer: Any, prompts: list[Any], max_prompt_length: int | 
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         else:
             ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # a BatchEncoding in newer transformers
         if max_prompt_length is not None:
             ids = ids[-max_prompt_length:]
         encoded.append(list(ids))
