@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -34,6 +34,11 @@ from grpo_ray.rollout_batch import RolloutBatch
 from grpo_ray.tracking import MetricsLog, console_line
 
 log = logging.getLogger("grpo_ray")
+
+#: ``on_step(step, record) -> extra metrics``: called with step 0 and an empty record before the
+#: first cycle, then after every optimizer step (the rollout workers then hold that cycle's
+#: weights); what it returns joins the step's record (metrics.jsonl, sinks, console line).
+StepHook = Callable[[int, dict[str, Any]], "dict[str, Any] | None"]
 
 
 @dataclass
@@ -134,7 +139,7 @@ class GRPOTrainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self) -> TrainResult:
+    def run(self, on_step: StepHook | None = None) -> TrainResult:
         import ray
         from tqdm import tqdm
 
@@ -145,6 +150,10 @@ class GRPOTrainer:
         bar = tqdm(total=c.run.max_steps, desc="GRPO", unit="step", dynamic_ncols=True)
         cycle = 0
         try:
+            initial = on_step(0, {}) if on_step else None
+            if initial:
+                metrics_log.write(0, initial)
+                bar.write(console_line(0, initial))
             while steps < c.run.max_steps:
                 started = time.perf_counter()
                 rows = self.sampler.next(self.plan.unique_prompts)
@@ -161,6 +170,8 @@ class GRPOTrainer:
                         continue
                     steps += 1
                     record = summary | m
+                    if on_step:
+                        record |= on_step(steps, record) or {}
                     history.append(record)
                     if steps % c.run.logging_steps == 0:
                         metrics_log.write(steps, record)
@@ -195,6 +206,7 @@ class GRPOTrainer:
         }
         for i, name in enumerate(self.reward_names):
             out[f"rewards/{name}"] = float(torch.nanmean(batch.rewards[:, i]))
+            out[f"rewards/{name}_std"] = float(torch.nan_to_num(nanstd(batch.rewards[:, i])))
         return out | {k: float(v) for k, v in batch.meta.items()}
 
     def save(self, name: str) -> str:

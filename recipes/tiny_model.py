@@ -1,19 +1,38 @@
-"""A tiny causal LM and a character tokenizer made on the spot, saved like a real checkpoint.
+"""Small causal LMs and tokenizers made on the spot, saved like a real checkpoint.
 
 No hub is reachable here, so recipes and tests build their model from a config and write it
 with ``save_pretrained``; everything downstream loads it back with ``from_pretrained``, the
-same code path a real checkpoint takes.
+same code path a real checkpoint takes. Two tokenizers: one token per character (arith), and
+a byte-level BPE trained on given texts with Qwen2.5's special tokens and ChatML chat template
+(the GSM8K recipe's ``--tiny``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+
+#: Qwen2.5's chat template without its default system prompt.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+#: Model shapes for ``build_tiny_model(**SHAPES[name])``; qwen2.5-0.5b has Qwen2.5-0.5B's layer
+#: sizes (the vocabulary is the tokenizer's).
+SHAPES = {
+    "mini": dict(hidden_size=64, num_layers=2, num_heads=4, max_positions=1024),
+    "qwen2.5-0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14, num_kv_heads=2,
+        max_positions=32768, tie_word_embeddings=True,
+    ),
+}
 
 
 def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
@@ -35,6 +54,26 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     )
 
 
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (Qwen2.5's kind) trained on ``texts``, with Qwen2.5's special tokens
+    (``<|endoftext|>`` pads, ``<|im_end|>`` ends a turn) and the ChatML chat template."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        chat_template=CHATML_TEMPLATE,
+        padding_side="left",
+    )
+
+
 def build_tiny_model(
     tokenizer: PreTrainedTokenizerFast,
     *,
@@ -42,6 +81,9 @@ def build_tiny_model(
     num_layers: int = 2,
     num_heads: int = 4,
     max_positions: int = 64,
+    intermediate_size: int | None = None,
+    num_kv_heads: int | None = None,
+    tie_word_embeddings: bool = False,
     seed: int = 0,
 ) -> Qwen2ForCausalLM:
     """A Qwen2-architecture model with random weights (same module names as the real ones)."""
@@ -49,12 +91,12 @@ def build_tiny_model(
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2),
+        num_key_value_heads=num_kv_heads or max(1, num_heads // 2),
         max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
