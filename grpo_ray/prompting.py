@@ -75,7 +75,8 @@ def _from_object(spec: str, obj: Any, reward_name: Callable[[str], str]) -> Answ
         r, a = obj.reasoning_tag, obj.answer_tag
 
         def solution(reasoning: str, answer: str) -> str:
-            return f"<{r}>\n{reasoning}\n</{r}>\n<{a}>\n{answer}\n</{a}>\n"
+            # One line of reasoning: the set's format regexes (kept as published) do not cross newlines.
+            return f"<{r}>\n{' '.join(reasoning.split())}\n</{r}>\n<{a}>\n{answer}\n</{a}>\n"
 
         methods, prefix = GSM8K_REWARDS, ""
     else:
