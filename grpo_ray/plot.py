@@ -59,7 +59,8 @@ def plot_run(records: list[dict[str, Any]], out: str | Path, title: str = "") ->
                 ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3, label=key.removeprefix("rewards/"))
                 drawn += 1
         if drawn == 0:
-            ax.text(0.5, 0.5, f"no {keys[0]} in this log", ha="center", va="center", transform=ax.transAxes, color="gray")
+            note = " (grpo.beta = 0 computes none)" if keys[0] == "kl" else ""
+            ax.text(0.5, 0.5, f"no {keys[0]} in this log{note}", ha="center", va="center", transform=ax.transAxes, color="gray")
         elif len(keys) > 1:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)

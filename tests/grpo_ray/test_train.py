@@ -34,10 +34,12 @@ def startup_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.strip().endswith(errors[0]), err  # one line, the last (after progress bars)
+    assert "Traceback" not in err
     assert not ray.is_initialized()  # nothing started
-    return lines[0]
+    return errors[0]
 
 
 def test_malformed_data_file(capsys, checkpoint, tmp_path):
@@ -95,6 +97,6 @@ def test_default_gsm8k_command_offline_says_tiny_or_local_model(capsys, monkeypa
         gsm8k.main(["--run.output_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    assert len(err.splitlines()) == 1, err
     assert "Qwen/Qwen2.5-1.5B-Instruct" in err and "--model.name_or_path" in err and "--tiny" in err
     assert "Traceback" not in err and not ray.is_initialized()
