@@ -75,14 +75,20 @@ def causal_lm(policy: torch.nn.Module) -> torch.nn.Module:
     return policy.get_base_model() if hasattr(policy, "get_base_model") else policy
 
 
-def export_weights(policy: torch.nn.Module, lora: LoraConfig) -> dict[str, torch.Tensor]:
-    """What a rollout engine needs to match the learner: LoRA tensors, or the full state dict."""
+def export_weights(policy: torch.nn.Module, lora: LoraConfig, *, copy_to_cpu: bool = True) -> dict[str, torch.Tensor]:
+    """What a rollout engine needs to match the learner: LoRA tensors, or the full state dict.
+
+    ``copy_to_cpu=False`` hands out detached tensors where they live (an engine in the same
+    process copies them itself).
+    """
     if lora.enabled:
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(policy)
     else:
         state = policy.state_dict()
+    if not copy_to_cpu:
+        return {k: v.detach() for k, v in state.items()}
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
@@ -146,3 +152,12 @@ def completion_logprobs(
         impl=impl,
         with_entropy=with_entropy,
     )
+
+
+@torch.no_grad()
+def probe_logprobs(policy: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
+    """``[len(token_ids) - 1]`` logprob of each token after the first, at temperature 1 (float32, CPU)."""
+    ids = torch.tensor([token_ids], dtype=torch.long)
+    ones = torch.ones_like(ids)
+    logps = completion_logprobs(policy, ids[:, :1], ones[:, :1], ids[:, 1:], ones[:, 1:], temperature=1.0, impl="torch")
+    return logps[0].float().cpu()
