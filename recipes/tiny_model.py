@@ -35,6 +35,53 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     )
 
 
+def build_word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A tokenizer of ``vocab_size`` made-up words ``w0 w1 ...`` (plus pad/bos/eos/unk), for
+    random-weight models of real shapes: every id a model can sample decodes to something."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    vocab.update({f"w{i}": len(SPECIAL_TOKENS) + i for i in range(vocab_size - len(SPECIAL_TOKENS))})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=SPECIAL_TOKENS["pad"],
+        bos_token=SPECIAL_TOKENS["bos"],
+        eos_token=SPECIAL_TOKENS["eos"],
+        unk_token=SPECIAL_TOKENS["unk"],
+        padding_side="left",
+    )
+
+
+# Shapes of real checkpoints (their config.json), for random-weight benchmarks where no weights can be fetched.
+QWEN25_SHAPES = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False),
+}
+
+
+def random_checkpoint(shape: str, path: str | Path, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
+    """A random-weight Qwen2 model of a real shape and a word tokenizer of its vocabulary, on disk."""
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(QWEN25_SHAPES[shape]["vocab_size"])
+    config = Qwen2Config(
+        **QWEN25_SHAPES[shape],
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(dtype)
+    return save_checkpoint(model, tokenizer, path)
+
+
 def build_tiny_model(
     tokenizer: PreTrainedTokenizerFast,
     *,

@@ -8,7 +8,7 @@ import torch
 from transformers import LogitsProcessor
 
 from grpo_ray.config import TrainConfig
-from grpo_ray.modeling import import_weights, load_policy, probe_logprobs
+from grpo_ray.modeling import eos_token_ids, import_weights, load_policy, load_tokenizer, probe_logprobs
 from grpo_ray.sampling import Sample, SamplingSpec
 
 
@@ -66,16 +66,11 @@ class HFEngine:
     """Samples with ``model.generate`` from its own policy copy, or from the learner's (colocated)."""
 
     def __init__(self, config: TrainConfig, policy: torch.nn.Module | None = None):
-        from grpo_ray.modeling import load_tokenizer
-
         self.config = config
         self.shares_weights = policy is not None
         self.model = policy if policy is not None else load_policy(config.model, config.lora, trainable=False)
-        tokenizer = load_tokenizer(config.model)
-        eos = self.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos_ids = sorted(set(eos) | {tokenizer.eos_token_id})
-        self.pad_token_id = tokenizer.pad_token_id
+        self.eos_ids = eos_token_ids(config.model)
+        self.pad_token_id = load_tokenizer(config.model).pad_token_id
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
         if weights:
