@@ -12,7 +12,7 @@ import torch
 from grpo_ray.batching import plan_generation_cycle
 from grpo_ray.config import TrainConfig
 from grpo_ray.loss import grpo_loss, mask_truncated_completions
-from grpo_ray.modeling import completion_logprobs, export_weights, load_policy, load_tokenizer
+from grpo_ray.modeling import completion_logprobs, export_weights, load_policy, load_tokenizer, probe_logprobs
 from grpo_ray.rollout_batch import RolloutBatch
 
 
@@ -28,13 +28,14 @@ class Learner:
     when ``beta > 0``.
     """
 
-    def __init__(self, config: TrainConfig, num_cpus: int = 1):
+    def __init__(self, config: TrainConfig, num_cpus: int = 1, policy: torch.nn.Module | None = None):
+        """``policy``: a model built elsewhere (the colocated vLLM worker's, on the engine's tensors)."""
         from transformers import get_scheduler
 
         torch.set_num_threads(max(1, num_cpus))
         torch.manual_seed(config.run.seed)
         self.config = config
-        self.policy = load_policy(config.model, config.lora, trainable=True)
+        self.policy = policy if policy is not None else load_policy(config.model, config.lora, trainable=True)
         self.reference = None
         if config.grpo.beta > 0 and not config.lora.enabled:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
@@ -51,9 +52,13 @@ class Learner:
 
     # -- weights ---------------------------------------------------------------------------------
 
-    def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
+    def weights(self, copy_to_cpu: bool = True) -> tuple[int, dict[str, torch.Tensor]]:
         """(version, tensors) for the rollout engines: LoRA tensors, or the full state dict."""
-        return self.version, export_weights(self.policy, self.config.lora)
+        return self.version, export_weights(self.policy, self.config.lora, copy_to_cpu=copy_to_cpu)
+
+    def policy_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        """The policy's logprobs of a probe sequence (the stale-weight guard's half)."""
+        return probe_logprobs(self.policy, token_ids)
 
     def save(self, path: str) -> str:
         """Write the adapter (or full model) and tokenizer with ``save_pretrained``."""

@@ -2,43 +2,66 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 
 from actors.engines import make_engine
+from actors.engines.base import GenerationEngine
 from grpo_ray.config import TrainConfig
+from grpo_ray.modeling import load_tokenizer
+from grpo_ray.prompts import as_completions, encode_prompts
 from grpo_ray.rollout_batch import RolloutBatch
+from grpo_ray.sampling import SamplingSpec
 
 
 class RolloutWorker:
-    """A plain class; the driver wraps it with ``ray.remote`` where it is placed."""
+    """A plain class; the driver wraps it with ``ray.remote`` where it is placed.
 
-    def __init__(self, config: TrainConfig, worker_index: int = 0):
+    Tokenising prompts, decoding completions and building the batch happen here, once for
+    every engine; the engine only turns token ids into samples.
+    """
+
+    def __init__(self, config: TrainConfig, worker_index: int = 0, engine: GenerationEngine | None = None):
         torch.set_num_threads(max(1, int(config.rollout.num_cpus_per_worker)))
         self.config = config
         self.worker_index = worker_index
-        self.engine = make_engine(config)
+        self.tokenizer = load_tokenizer(config.model)
+        self.engine = engine if engine is not None else make_engine(config)
         self.version = -1  # no weights from the learner yet
 
     def generate(self, prompts: list[Any], *, num_generations: int, seed: int, greedy: bool = False) -> RolloutBatch:
         """``num_generations`` completions for each prompt, stamped with this worker's weight version."""
-        batch = self.engine.generate(
-            prompts,
-            num_generations=num_generations,
-            sampling=self.config.generation,
+        started = time.perf_counter()
+        prompt_ids = encode_prompts(self.tokenizer, prompts, self.config.grpo.max_prompt_length)
+        spec = SamplingSpec.from_config(
+            self.config.generation,
+            n=num_generations,
             max_new_tokens=self.config.grpo.max_completion_length,
-            greedy=greedy,
             seed=seed * 1_000 + self.worker_index,
+            greedy=greedy,
         )
-        batch.weight_version = self.version
-        return batch
+        samples = self.engine.generate(prompt_ids, spec)
+        texts = self.tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
+        return RolloutBatch.from_samples(
+            prompt_ids,
+            samples,
+            completions=as_completions(prompts, texts, num_generations),
+            pad_token_id=self.tokenizer.pad_token_id,
+            weight_version=self.version,
+            meta={"time/generate_s": time.perf_counter() - started},
+        )
 
-    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
+    def update_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
         """Take the learner's weights (LoRA tensors or a full state dict); returns the new version."""
-        self.engine.load_weights(weights)
+        self.engine.update_weights(weights)
         self.version = version
         return self.version
+
+    def sampler_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        """The engine's logprobs of a probe sequence (the stale-weight guard's half)."""
+        return self.engine.sampler_logprobs(token_ids)
 
     def weight_version(self) -> int:
         return self.version

@@ -1,8 +1,12 @@
 """Placement: which actor runs where. Modes are placements, not forks of the loop.
 
-One placement group reserves a bundle per actor (learner, rollout workers, reward workers);
-the same code runs on a laptop, one GPU box or many nodes, since Ray decides where each
-bundle lands. ``run.ray_address`` (or ``$RAY_ADDRESS``) joins a running cluster (``auto`` =
+One placement group reserves a bundle per actor; the same code runs on a laptop, one GPU box
+or many nodes, since Ray decides where each bundle lands. ``run.mode`` picks the shape:
+
+- distributed: a learner, ``rollout.num_workers`` rollout workers and the reward workers,
+  each its own actor; weights travel through the object store (:mod:`grpo_ray.weight_sync`).
+- colocate: one :class:`~actors.colocated_worker.ColocatedWorker` holds the learner and the
+  engine (one GPU, one copy of the base weights) and plays both roles for the driver. ``run.ray_address`` (or ``$RAY_ADDRESS``) joins a running cluster (``auto`` =
 the one ``ray start`` made on this node); otherwise a local one is started with enough
 logical CPUs for the bundles.
 """
@@ -24,18 +28,39 @@ PLACEMENT_TIMEOUT_S = 120.0
 @dataclass
 class Actors:
     learner: Any
-    rollout_workers: list[Any]
+    rollout_workers: list[Any]  # in colocate mode: [learner], the same actor
     reward_workers: list[Any]
     placement_group: Any
+    colocated: bool = False
+
+    def unique(self) -> list[Any]:
+        """Every actor once (the colocated worker plays two roles)."""
+        rollout = [] if self.colocated else self.rollout_workers
+        return [self.learner, *rollout, *self.reward_workers]
+
+
+def resolve_mode(config: TrainConfig) -> str:
+    """``run.mode`` with ``auto`` decided: colocate on a machine with exactly one GPU and one engine."""
+    if config.run.mode != "auto":
+        return config.run.mode
+    import torch
+
+    return "colocate" if torch.cuda.device_count() == 1 and config.rollout.num_workers == 1 else "distributed"
+
+
+def uses_gpu(config: TrainConfig) -> bool:
+    return config.rollout.backend == "vllm" or config.rollout.num_gpus_per_worker > 0
 
 
 def bundles(config: TrainConfig) -> list[dict[str, float]]:
-    """Resources per actor: [learner, rollout workers..., reward workers...]."""
+    """Resources per actor: [learner (or colocated worker), rollout workers..., reward workers...]."""
     r = config.rollout
-    learner = {"CPU": 1.0, "GPU": 1.0} if config.rollout.num_gpus_per_worker > 0 else {"CPU": 1.0}
-    rollout = {"CPU": r.num_cpus_per_worker} | ({"GPU": r.num_gpus_per_worker} if r.num_gpus_per_worker else {})
+    learner = {"CPU": 1.0, "GPU": 1.0} if uses_gpu(config) else {"CPU": 1.0}
+    gpus = r.num_gpus_per_worker or (1.0 if r.backend == "vllm" else 0.0)
+    rollout = {"CPU": r.num_cpus_per_worker} | ({"GPU": gpus} if gpus else {})
     reward = {"CPU": float(config.reward.processes_per_worker)}
-    return [learner] + [rollout] * r.num_workers + [reward] * config.reward.num_workers
+    engines = [] if resolve_mode(config) == "colocate" else [rollout] * r.num_workers
+    return [learner] + engines + [reward] * config.reward.num_workers
 
 
 def connect(config: TrainConfig) -> None:
@@ -66,11 +91,19 @@ def place_actors(config: TrainConfig) -> Actors:
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    from actors.colocated_worker import ColocatedWorker
     from actors.learner import Learner
     from actors.reward_worker import RewardWorker
     from actors.rollout_worker import RolloutWorker
 
     specs = bundles(config)
+    if uses_gpu(config) and ray.cluster_resources().get("GPU", 0) < sum(b.get("GPU", 0) for b in specs):
+        raise RuntimeError(
+            f"rollout.backend={config.rollout.backend!r} (run.mode={resolve_mode(config)!r}) needs "
+            f"{sum(b.get('GPU', 0) for b in specs):g} GPU(s) and the Ray cluster has "
+            f"{ray.cluster_resources().get('GPU', 0):g}: run on a GPU machine, or use rollout.backend='hf' "
+            "with rollout.num_gpus_per_worker=0"
+        )
     pg = placement_group(specs, strategy="PACK")
     ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
     if not ready:
@@ -93,8 +126,11 @@ def place_actors(config: TrainConfig) -> Actors:
             .remote(*args)
         )
 
-    n_roll = config.rollout.num_workers
+    first_reward = len(specs) - config.reward.num_workers
+    reward = [start(RewardWorker, first_reward + i, config.reward) for i in range(config.reward.num_workers)]
+    if resolve_mode(config) == "colocate":
+        worker = start(ColocatedWorker, 0, config, int(specs[0]["CPU"]))
+        return Actors(worker, [worker], reward, pg, colocated=True)
     learner = start(Learner, 0, config, int(specs[0]["CPU"]))
-    rollout = [start(RolloutWorker, 1 + i, config, i) for i in range(n_roll)]
-    reward = [start(RewardWorker, 1 + n_roll + i, config.reward) for i in range(config.reward.num_workers)]
+    rollout = [start(RolloutWorker, 1 + i, config, i) for i in range(config.rollout.num_workers)]
     return Actors(learner, rollout, reward, pg)

@@ -282,18 +282,43 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """Rollout workers: how many, and which generation engine they own."""
+    """Rollout workers: how many, which generation engine they own, and how weights reach them."""
 
     backend: str = knob("hf", "Generation engine: hf (transformers generate, CPU or GPU) or vllm (GPU).")
     num_workers: int = knob(1, "Rollout workers (Ray actors); prompts are split evenly across them.")
     num_cpus_per_worker: float = knob(1.0, "CPUs Ray reserves for each rollout worker.")
     num_gpus_per_worker: float = knob(0.0, "GPUs Ray reserves for each rollout worker.")
+    sync_check: bool = knob(
+        True,
+        "Stale-weight guard: after every weight sync, compare the engine's and the learner's logprobs "
+        "of one fixed probe sequence and stop the run if they differ by more than sync_check_tolerance.",
+    )
+    sync_check_tolerance: float | None = knob(
+        None,
+        "Largest mean absolute difference of the probe's per-token logprobs; None = 1e-3 for float32 "
+        "weights, 0.05 for 16-bit (vLLM and transformers kernels round differently).",
+    )
+    max_num_seqs: int | None = knob(
+        None, "vllm: sequences decoded at once; None = the completions of one generation batch per worker."
+    )
+    kv_cache_tokens: int | None = knob(
+        None,
+        "vllm: tokens of KV cache to allocate; None = sized from the batch (max_num_seqs x "
+        "(max_prompt_length + max_completion_length)), not from a share of GPU memory.",
+    )
+    enforce_eager: bool = knob(False, "vllm: no CUDA graphs (faster start, slower decoding).")
 
     def __post_init__(self) -> None:
         _check_choice("rollout", "backend", self.backend, ("hf", "vllm"))
         _check_int("rollout", "num_workers", self.num_workers, 1)
         _check_positive("rollout", "num_cpus_per_worker", self.num_cpus_per_worker, allow_zero=True)
         _check_positive("rollout", "num_gpus_per_worker", self.num_gpus_per_worker, allow_zero=True)
+        if self.sync_check_tolerance is not None:
+            _check_positive("rollout", "sync_check_tolerance", self.sync_check_tolerance)
+        if self.max_num_seqs is not None:
+            _check_int("rollout", "max_num_seqs", self.max_num_seqs, 1)
+        if self.kv_cache_tokens is not None:
+            _check_int("rollout", "kv_cache_tokens", self.kv_cache_tokens, 1)
 
 
 @dataclass(frozen=True)
@@ -336,6 +361,13 @@ class RunConfig:
     ray_address: str | None = knob(
         None, "Ray cluster to join ('auto' = the one `ray start` runs here); None = $RAY_ADDRESS if set, else a new local one."
     )
+    mode: str = knob(
+        "auto",
+        "Placement: colocate (learner and one rollout engine in one actor on one GPU, one copy of the base "
+        "weights, the engine's KV cache released while the learner trains), distributed (learner and rollout "
+        "workers as separate actors, weights sent to them), auto (colocate when this machine sees exactly "
+        "one GPU and rollout.num_workers is 1, else distributed).",
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.report_to, tuple):
@@ -346,6 +378,7 @@ class RunConfig:
         _check_int("run", "seed", self.seed, 0)
         _check_int("run", "logging_steps", self.logging_steps, 1)
         _check_int("run", "save_steps", self.save_steps, 0)
+        _check_choice("run", "mode", self.mode, ("auto", "colocate", "distributed"))
         for sink in self.report_to:
             _check_choice("run", "report_to", sink, REPORT_SINKS)
 
@@ -489,10 +522,10 @@ class TrainConfig:
                 f"grpo.reward_weights has {len(weights)} entries but reward.functions names "
                 f"{n_funcs}; give one weight per function"
             )
-        if self.rollout.backend == "vllm":
+        if self.run.mode == "colocate" and self.rollout.num_workers != 1:
             raise ConfigError(
-                "rollout.backend='vllm' is not available in this version (the vLLM engine arrives "
-                "with the GPU colocate/distributed modes): use rollout.backend='hf'"
+                f"run.mode='colocate' runs one engine beside the learner, but rollout.num_workers="
+                f"{self.rollout.num_workers}: set rollout.num_workers=1 or run.mode='distributed'"
             )
         if self.batch.num_processes != 1:
             raise ConfigError(

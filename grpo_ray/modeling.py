@@ -22,14 +22,44 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_tokenizer(config: ModelConfig) -> Any:
-    from transformers import AutoTokenizer
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
-    tokenizer = AutoTokenizer.from_pretrained(config.name_or_path, trust_remote_code=config.trust_remote_code)
+
+def load_tokenizer(config: ModelConfig) -> Any:
+    """The checkpoint's tokenizer, left-padding, with a pad token.
+
+    A tokenizer saved as a plain ``tokenizer.json`` pipeline (what this project makes on the
+    spot) is loaded as exactly that: ``AutoTokenizer`` would rebuild it as the model family's
+    tokenizer class (``Qwen2Tokenizer`` for a Qwen2 config) with that family's pre-tokenizer.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    saved = Path(config.name_or_path) / "tokenizer_config.json"
+    generic = saved.is_file() and json.loads(saved.read_text()).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES
+    loader = PreTrainedTokenizerFast if generic else AutoTokenizer
+    tokenizer = loader.from_pretrained(config.name_or_path, trust_remote_code=config.trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def eos_token_ids(config: ModelConfig) -> list[int]:
+    """Every id that ends a completion: the checkpoint's generation config's EOS ids and the tokenizer's."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(config.name_or_path)
+    except OSError:  # no generation_config.json: transformers derives it from the model config
+        generation = GenerationConfig.from_model_config(
+            AutoConfig.from_pretrained(config.name_or_path, trust_remote_code=config.trust_remote_code)
+        )
+    eos = generation.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    return sorted(set(eos) | {load_tokenizer(config).eos_token_id})
 
 
 def load_policy(model: ModelConfig, lora: LoraConfig, *, trainable: bool) -> torch.nn.Module:
@@ -45,6 +75,11 @@ def load_policy(model: ModelConfig, lora: LoraConfig, *, trainable: bool) -> tor
     policy = AutoModelForCausalLM.from_pretrained(
         model.name_or_path, dtype=DTYPES[model.dtype], trust_remote_code=model.trust_remote_code
     )
+    return prepare_policy(policy, model, lora, trainable=trainable)
+
+
+def prepare_policy(policy: torch.nn.Module, model: ModelConfig, lora: LoraConfig, *, trainable: bool) -> torch.nn.Module:
+    """LoRA adapters, gradient checkpointing, device and train mode on a loaded causal LM."""
     if lora.enabled:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
@@ -75,14 +110,20 @@ def causal_lm(policy: torch.nn.Module) -> torch.nn.Module:
     return policy.get_base_model() if hasattr(policy, "get_base_model") else policy
 
 
-def export_weights(policy: torch.nn.Module, lora: LoraConfig) -> dict[str, torch.Tensor]:
-    """What a rollout engine needs to match the learner: LoRA tensors, or the full state dict."""
+def export_weights(policy: torch.nn.Module, lora: LoraConfig, *, copy_to_cpu: bool = True) -> dict[str, torch.Tensor]:
+    """What a rollout engine needs to match the learner: LoRA tensors, or the full state dict.
+
+    ``copy_to_cpu=False`` hands out detached tensors where they live (an engine in the same
+    process copies them itself).
+    """
     if lora.enabled:
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(policy)
     else:
         state = policy.state_dict()
+    if not copy_to_cpu:
+        return {k: v.detach() for k, v in state.items()}
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
@@ -146,3 +187,12 @@ def completion_logprobs(
         impl=impl,
         with_entropy=with_entropy,
     )
+
+
+@torch.no_grad()
+def probe_logprobs(policy: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
+    """``[len(token_ids) - 1]`` logprob of each token after the first, at temperature 1 (float32, CPU)."""
+    ids = torch.tensor([token_ids], dtype=torch.long)
+    ones = torch.ones_like(ids)
+    logps = completion_logprobs(policy, ids[:, :1], ones[:, :1], ids[:, 1:], ones[:, 1:], temperature=1.0, impl="torch")
+    return logps[0].float().cpu()

@@ -8,9 +8,11 @@ holds the tokens generation saw for completion i with padding only at the two en
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+
+from grpo_ray.sampling import Sample
 
 
 def pad_left(rows: list[torch.Tensor], width: int, value: int | float) -> torch.Tensor:
@@ -37,6 +39,52 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None  # [N] float32, filled in by the driver
     rewards: torch.Tensor | None = None  # [N, R] float32, NaN = function did not apply
     meta: dict[str, float] = field(default_factory=dict)  # engine timings (concat keeps the slowest worker's)
+
+    @staticmethod
+    def from_samples(
+        prompt_ids: Sequence[Sequence[int]],
+        samples: Sequence[Sample],
+        *,
+        completions: list[Any],
+        pad_token_id: int,
+        weight_version: int,
+        meta: dict[str, float] | None = None,
+    ) -> "RolloutBatch":
+        """Pad an engine's per-sample outputs into a batch; ``len(samples) // len(prompt_ids)`` per prompt.
+
+        Prompt ``i``'s samples are rows ``i*G .. i*G+G-1``. Every sampled token is in the mask
+        (the engine stops at EOS and includes it), nothing after it.
+        """
+        if not prompt_ids or len(samples) % len(prompt_ids):
+            raise ValueError(f"{len(samples)} samples do not split evenly over {len(prompt_ids)} prompts")
+        g = len(samples) // len(prompt_ids)
+        p_width = max(len(ids) for ids in prompt_ids)
+        t_width = max(1, max(len(s.token_ids) for s in samples))
+        prompts = [torch.tensor(ids, dtype=torch.long) for ids in prompt_ids]
+        prompt_ids_t = pad_left(prompts, p_width, pad_token_id).repeat_interleave(g, dim=0)  # [N, P]
+        prompt_mask = pad_left([torch.ones(len(ids), dtype=torch.long) for ids in prompt_ids], p_width, 0)
+        completion_ids = torch.full((len(samples), t_width), pad_token_id, dtype=torch.long)  # [N, T]
+        completion_mask = torch.zeros((len(samples), t_width), dtype=torch.long)  # [N, T]
+        sampling_logps = torch.zeros((len(samples), t_width), dtype=torch.float32)  # [N, T]
+        for i, s in enumerate(samples):
+            if len(s.logprobs) != len(s.token_ids):
+                raise ValueError(f"sample {i}: {len(s.token_ids)} tokens but {len(s.logprobs)} logprobs")
+            n = len(s.token_ids)
+            completion_ids[i, :n] = torch.tensor(s.token_ids, dtype=torch.long)
+            completion_mask[i, :n] = 1
+            sampling_logps[i, :n] = torch.tensor(s.logprobs, dtype=torch.float32)
+        return RolloutBatch(
+            prompt_ids=prompt_ids_t,
+            prompt_mask=prompt_mask.repeat_interleave(g, dim=0),
+            completion_ids=completion_ids,
+            completion_mask=completion_mask,
+            sampling_logps=sampling_logps,
+            truncated=torch.tensor([s.truncated for s in samples], dtype=torch.bool),
+            completions=completions,
+            weight_version=weight_version,
+            pad_token_id=pad_token_id,
+            meta=dict(meta or {}),
+        )
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]

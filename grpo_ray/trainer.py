@@ -32,6 +32,7 @@ from grpo_ray.config import TrainConfig
 from grpo_ray.data import PromptSampler, columns_of
 from grpo_ray.rollout_batch import RolloutBatch
 from grpo_ray.tracking import MetricsLog, console_line
+from grpo_ray.weight_sync import make_weight_sync
 
 log = logging.getLogger("grpo_ray")
 
@@ -54,8 +55,11 @@ def _split(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def preflight(config: TrainConfig) -> None:
-    """Fail in the driver, before any actor starts, on what would otherwise fail inside one."""
+def preflight(config: TrainConfig) -> Any:
+    """Fail in the driver, before any actor starts, on what would otherwise fail inside one.
+
+    Returns the model's transformers config.
+    """
     from transformers import AutoConfig
 
     from grpo_ray.rewards import resolve
@@ -64,8 +68,12 @@ def preflight(config: TrainConfig) -> None:
         raise ValueError("reward.functions is empty: name at least one reward function")
     for spec in config.reward.functions:
         resolve(spec)  # raises RewardResolutionError naming the entry and the registered names
+    if config.rollout.backend == "vllm":
+        from actors.engines.vllm_engine import require_supported_vllm
+
+        require_supported_vllm()
     try:
-        AutoConfig.from_pretrained(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
+        return AutoConfig.from_pretrained(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"model.name_or_path={config.model.name_or_path!r} is not a loadable checkpoint: {err}"
@@ -77,7 +85,7 @@ class GRPOTrainer:
 
     def __init__(self, config: TrainConfig, train_rows: Sequence[dict[str, Any]]):
         self.config = config
-        preflight(config)
+        self.vocab_size = preflight(config).vocab_size
         self.sampler = PromptSampler(train_rows, seed=config.run.seed)
         b = config.batch
         self.plan = describe_cycle(
@@ -90,6 +98,7 @@ class GRPOTrainer:
         import ray
 
         self.reward_names: list[str] = ray.get(self.actors.reward_workers[0].names.remote())
+        self.weight_sync = make_weight_sync(config, self.actors, self.vocab_size)
         self.version = self.sync_weights()
 
     # -- the stages ------------------------------------------------------------------------------
@@ -127,15 +136,8 @@ class GRPOTrainer:
         return torch.tensor(scores, dtype=torch.float32).reshape(len(batch), len(self.reward_names))
 
     def sync_weights(self) -> int:
-        """Push the learner's weights to every rollout worker; returns the version they now hold."""
-        import ray
-
-        version, weights = ray.get(self.actors.learner.weights.remote())
-        ref = ray.put(weights)
-        versions = ray.get([w.load_weights.remote(ref, version) for w in self.actors.rollout_workers])
-        if set(versions) != {version}:
-            raise RuntimeError(f"weight sync failed: learner at {version}, rollout workers report {versions}")
-        return version
+        """Make every rollout worker hold the learner's weights (checked); returns that version."""
+        return self.weight_sync.push()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -164,7 +166,8 @@ class GRPOTrainer:
                 )
                 step_metrics = ray.get(self.actors.learner.train_generation.remote(batch, cycle))
                 self.version = self.sync_weights()
-                summary = self.rollout_metrics(batch) | {"time/cycle_s": time.perf_counter() - started}
+                summary = self.rollout_metrics(batch) | self.weight_sync.timings
+                summary["time/cycle_s"] = time.perf_counter() - started
                 for m in step_metrics:
                     if m.get("partial_window"):
                         continue
@@ -221,6 +224,6 @@ class GRPOTrainer:
         import ray
 
         ray.get([w.close.remote() for w in self.actors.reward_workers])
-        for handle in [self.actors.learner, *self.actors.rollout_workers, *self.actors.reward_workers]:
+        for handle in self.actors.unique():
             ray.kill(handle)
         ray.util.remove_placement_group(self.actors.placement_group)

@@ -74,14 +74,18 @@ def with_sections(config: TrainConfig, sections: dict[str, dict[str, Any]]) -> T
 
 
 def build_tiny_checkpoint(path: Path, shape: str, seed: int) -> Path:
-    """A random-weight Qwen2 model of ``shape`` and a BPE tokenizer trained on the shipped sample."""
-    from recipes.tiny_model import SHAPES, build_bpe_tokenizer, build_tiny_model, save_checkpoint
+    """A random-weight Qwen2 model (64-dim, 2 layers; or Qwen2.5-0.5B's layer sizes) and a BPE
+    tokenizer trained on the shipped sample, whose vocabulary the model takes."""
+    from recipes.tiny_model import build_bpe_tokenizer, build_tiny_model, random_checkpoint, save_checkpoint
 
     texts = [row["question"] + "\n" + row["answer"] for f in ("train.jsonl", "test.jsonl")
              for row in map(json.loads, (SAMPLE / f).read_text().splitlines())]
     texts += [answer_format(name).system_prompt or "" for name in ("qwen3", "gsm8k")] * 50  # the tags become tokens
-    tokenizer = build_bpe_tokenizer(texts, vocab_size=2048 if shape == "mini" else 8192)
-    return save_checkpoint(build_tiny_model(tokenizer, **SHAPES[shape], seed=seed), tokenizer, path)
+    if shape == "mini":
+        tokenizer = build_bpe_tokenizer(texts, vocab_size=2048)
+        model = build_tiny_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, max_positions=1024, seed=seed)
+        return save_checkpoint(model, tokenizer, path)
+    return random_checkpoint(shape, path, seed=seed, tokenizer=build_bpe_tokenizer(texts, vocab_size=8192))
 
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, TrainConfig]:

@@ -7,7 +7,15 @@ from grpo_ray.config import TrainConfig
 
 
 def make_engine(config: TrainConfig) -> GenerationEngine:
-    """The engine ``config.rollout.backend`` names (validated by the config), built from ``config.model``."""
+    """The engine ``config.rollout.backend`` names, with its own copy of ``config.model``.
+
+    The colocated worker (``actors/colocated_worker.py``) builds its engine itself, sharing
+    the learner's weights.
+    """
+    if config.rollout.backend == "vllm":
+        from actors.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(config)
     from actors.engines.hf import HFEngine
 
-    return {"hf": HFEngine}[config.rollout.backend](config)
+    return HFEngine(config)

@@ -2,117 +2,130 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor
 
-from grpo_ray.config import GenerationConfig, TrainConfig
-from grpo_ray.modeling import import_weights, load_policy, load_tokenizer
-from grpo_ray.rollout_batch import RolloutBatch
+from grpo_ray.config import TrainConfig
+from grpo_ray.modeling import eos_token_ids, import_weights, load_policy, load_tokenizer, probe_logprobs
+from grpo_ray.sampling import Sample, SamplingSpec
 
 
-def encode_prompts(tokenizer: Any, prompts: list[Any], max_prompt_length: int | None) -> list[list[int]]:
-    """Token ids of each prompt: chat messages through the chat template, strings as they are.
+def sampling_processors(spec: SamplingSpec) -> list[Any]:
+    """Temperature and the top-k/top-p/min-p filters, in ``generate``'s own order.
 
-    Prompts longer than ``max_prompt_length`` keep their last tokens (TRL truncates on the left).
+    ``generate`` puts caller-given processors before the filters it builds itself, so the
+    engine builds them here and passes none to ``generate``: the recorder after them then
+    sees the distribution that is actually sampled from.
     """
-    encoded = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # a BatchEncoding in newer transformers
-        if max_prompt_length is not None:
-            ids = ids[-max_prompt_length:]
-        encoded.append(list(ids))
-    return encoded
+    from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    out: list[Any] = []
+    if spec.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(spec.temperature))
+    if spec.top_k:
+        out.append(TopKLogitsWarper(top_k=spec.top_k))
+    if spec.top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=spec.top_p))
+    if spec.min_p is not None:
+        out.append(MinPLogitsWarper(min_p=spec.min_p))
+    return out
 
 
-def completion_mask_and_truncation(completion_ids: torch.Tensor, eos_ids: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask up to and including the first EOS; rows without EOS are truncated. ``[B, T]``, ``[B]``."""
-    is_eos = torch.isin(completion_ids, torch.tensor(sorted(eos_ids)))  # [B, T]
-    has_eos = is_eos.any(1)  # [B]
-    first = torch.where(has_eos, is_eos.int().argmax(1), completion_ids.shape[1])  # [B]
-    positions = torch.arange(completion_ids.shape[1]).unsqueeze(0)  # [1, T]
-    return (positions <= first.unsqueeze(1)).long(), ~has_eos
+class ChosenTokenLogprobs(LogitsProcessor):
+    """A logits processor, last in line, that records the logprob of each sampled token.
+
+    It sees the fully processed scores of step t (repetition penalty, temperature,
+    top-k/top-p/min-p) but not yet the token drawn from them; at step t+1 that token is the
+    last column of ``input_ids``. So it keeps one ``[N, V]`` row of log-softmax at a time
+    instead of every step's scores (``output_scores`` would hold ``[N, T, V]``).
+    """
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None  # [N, V] log-softmax of the last step's scores
+        self.chosen: list[torch.Tensor] = []  # T x [N]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self.pending = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self.pending is not None:
+            self.chosen.append(self.pending.gather(1, tokens.unsqueeze(1)).squeeze(1))
+            self.pending = None
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, T]`` after generation, given the last sampled column."""
+        self._take(last_tokens)
+        return torch.stack(self.chosen, dim=1).cpu()
 
 
 class HFEngine:
-    """Owns a policy copy and samples from it with ``model.generate``."""
+    """Samples with ``model.generate`` from its own policy copy, or from the learner's (colocated)."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, policy: torch.nn.Module | None = None):
         self.config = config
-        self.tokenizer = load_tokenizer(config.model)
-        self.model = load_policy(config.model, config.lora, trainable=False)
-        eos = self.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos_ids = set(eos) | {self.tokenizer.eos_token_id}
+        self.shares_weights = policy is not None
+        self.model = policy if policy is not None else load_policy(config.model, config.lora, trainable=False)
+        self.eos_ids = eos_token_ids(config.model)
+        self.pad_token_id = load_tokenizer(config.model).pad_token_id
 
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        import_weights(self.model, weights, self.config.lora)
+    def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        if weights:
+            import_weights(self.model, weights, self.config.lora)
+
+    def sleep(self) -> None:
+        """Nothing to release: ``generate`` keeps no cache between calls."""
+
+    def wake_up(self) -> None:
+        """Nothing to take back."""
+
+    def sampler_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        return probe_logprobs(self.model, token_ids)
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[Any],
-        *,
-        num_generations: int,
-        sampling: GenerationConfig,
-        max_new_tokens: int,
-        greedy: bool = False,
-        seed: int = 0,
-    ) -> RolloutBatch:
-        started = time.perf_counter()
-        tok = self.tokenizer
-        encoded = encode_prompts(tok, prompts, self.config.grpo.max_prompt_length)
-        width = max(len(ids) for ids in encoded)
-        prompt_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
-        prompt_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for i, ids in enumerate(encoded):
-            prompt_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            prompt_mask[i, width - len(ids) :] = 1
-        torch.manual_seed(seed)
-        kwargs: dict[str, Any] = dict(do_sample=False) if greedy else dict(
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k or 0,
-            min_p=sampling.min_p,
-            repetition_penalty=sampling.repetition_penalty,
-        )
+    def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Sample]:
+        width = max(len(ids) for ids in prompt_ids)
+        padded = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)  # [P, L]
+        attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)  # [P, L]
+        for i, ids in enumerate(prompt_ids):
+            padded[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[i, width - len(ids) :] = 1
+        torch.manual_seed(spec.seed)
+        recorder = ChosenTokenLogprobs()
+        if spec.greedy:
+            kwargs: dict[str, Any] = dict(do_sample=False, logits_processor=[recorder])
+        else:  # the filters come from sampling_processors, so generate's own are switched off
+            kwargs = dict(
+                do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_p=None,
+                repetition_penalty=spec.repetition_penalty,
+                logits_processor=[*sampling_processors(spec), recorder],
+            )
         device = self.model.device
-        out = self.model.generate(
-            input_ids=prompt_ids.to(device),
-            attention_mask=prompt_mask.to(device),
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=num_generations,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=sorted(self.eos_ids),
-            return_dict_in_generate=True,
-            output_scores=True,
-            **kwargs,
-        )
-        completion_ids = out.sequences[:, width:].cpu()  # [N, T]
-        scores = torch.stack(out.scores, dim=1).float().cpu()  # [N, T, V], the processed sampling distribution
-        sampling_logps = torch.log_softmax(scores, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-        mask, truncated = completion_mask_and_truncation(completion_ids, self.eos_ids)
-        completion_ids = completion_ids.masked_fill(mask == 0, tok.pad_token_id)
-        sampling_logps = sampling_logps.masked_fill(mask == 0, 0.0)
-        texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
-        repeated = [p for p in prompts for _ in range(num_generations)]
-        completions = [t if isinstance(p, str) else [{"role": "assistant", "content": t}] for p, t in zip(repeated, texts)]
-        t = max(int(mask.sum(1).max()), 1)  # trim columns that are padding in every row
-        return RolloutBatch(
-            prompt_ids=prompt_ids.repeat_interleave(num_generations, dim=0),
-            prompt_mask=prompt_mask.repeat_interleave(num_generations, dim=0),
-            completion_ids=completion_ids[:, :t],
-            completion_mask=mask[:, :t],
-            sampling_logps=sampling_logps[:, :t],
-            truncated=truncated,
-            completions=completions,
-            weight_version=-1,
-            pad_token_id=tok.pad_token_id,
-            meta={"time/generate_s": time.perf_counter() - started},
-        )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            sequences = self.model.generate(
+                input_ids=padded.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=spec.max_new_tokens,
+                num_return_sequences=spec.n,
+                pad_token_id=self.pad_token_id,
+                eos_token_id=self.eos_ids,
+                **kwargs,
+            )
+        finally:
+            self.model.train(was_training)
+        completion_ids = sequences[:, width:].cpu()  # [N, T]
+        logps = recorder.finish(sequences[:, -1])  # [N, T]
+        return [self._sample(row, lp) for row, lp in zip(completion_ids.tolist(), logps.tolist())]
+
+    def _sample(self, ids: list[int], logps: list[float]) -> Sample:
+        """Cut a generated row after its first EOS; a row without one hit the length limit."""
+        eos = set(self.eos_ids)
+        end = next((i + 1 for i, t in enumerate(ids) if t in eos), None)
+        if end is None:
+            return Sample(token_ids=ids, logprobs=logps, truncated=True)
+        return Sample(token_ids=ids[:end], logprobs=logps[:end], truncated=False)

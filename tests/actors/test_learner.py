@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory):
 def _pair(config):
     learner, worker = Learner(config), RolloutWorker(config)
     version, weights = learner.weights()
-    worker.load_weights(weights, version)
+    worker.update_weights(weights, version)
     return learner, worker
 
 
@@ -45,7 +45,7 @@ def test_learner_logprobs_match_sampling_logprobs(checkpoint, tmp_path, lora):
     learner, worker = _pair(config)
     _train_once(learner, worker)  # move the weights off their initial values (LoRA B != 0)
     version, weights = learner.weights()
-    assert version == 2 and worker.load_weights(weights, version) == 2
+    assert version == 2 and worker.update_weights(weights, version) == 2
     batch = worker.generate(PROMPTS, num_generations=4, seed=3)
     mask = batch.completion_mask.bool()
     assert mask.sum() > 10  # enough sampled tokens to compare

@@ -130,9 +130,9 @@ BAD_CONFIGS = [
     ("unknown scheduler", lambda: OptimConfig(lr_scheduler_type="step"), ["optim.lr_scheduler_type", "'cosine'"]),
     ("unknown rollout backend", lambda: RolloutConfig(backend="sglang"), ["rollout.backend", "'vllm'"]),
     (
-        "vllm backend (not in this version, or without a GPU)",
-        lambda: TrainConfig(rollout=RolloutConfig(backend="vllm")),
-        ["rollout.backend='vllm'", "rollout.backend='hf'"],
+        "colocate with several rollout workers",
+        lambda: TrainConfig(rollout=RolloutConfig(num_workers=2), run=RunConfig(mode="colocate")),
+        ["run.mode='colocate'", "rollout.num_workers=1"],
     ),
     ("blank reward function", lambda: RewardConfig(functions=("a", " ")), ["reward.functions", "module:function"]),
     ("reward timeout 0", lambda: RewardConfig(timeout_s=0), ["reward.timeout_s", "> 0"]),

@@ -51,3 +51,33 @@ def test_select_trims_to_the_rows_own_widths():
     part = batch.select([1])
     assert part.prompt_ids.tolist() == [[8]] and part.completion_ids.tolist() == [[4]]
     assert part.advantages.tolist() == [-0.5] and part.completions == ["[4]"]
+
+
+def test_from_samples_pads_groups_and_keeps_each_samples_tokens():
+    from grpo_ray.sampling import Sample
+
+    prompts = [[5, 6, 7], [8]]
+    samples = [
+        Sample([1, 2], [-0.1, -0.2], truncated=False),
+        Sample([3], [-0.3], truncated=False),
+        Sample([4, 4, 4], [-0.4, -0.5, -0.6], truncated=True),
+        Sample([9, 2], [-0.7, -0.8], truncated=False),
+    ]
+    batch = RolloutBatch.from_samples(prompts, samples, completions=list("abcd"), pad_token_id=PAD, weight_version=7)
+    assert batch.prompt_ids.tolist() == [[5, 6, 7], [5, 6, 7], [PAD, PAD, 8], [PAD, PAD, 8]]  # groups of 2, left-padded
+    assert batch.prompt_mask.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]
+    assert batch.completion_ids.tolist() == [[1, 2, PAD], [3, PAD, PAD], [4, 4, 4], [9, 2, PAD]]
+    assert batch.completion_mask.tolist() == [[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]]
+    assert batch.sampling_logps[2].tolist() == pytest.approx([-0.4, -0.5, -0.6])
+    assert batch.sampling_logps[1].tolist() == pytest.approx([-0.3, 0.0, 0.0])
+    assert batch.truncated.tolist() == [False, False, True, False]
+    assert batch.weight_version == 7 and batch.completions == list("abcd")
+
+
+def test_from_samples_rejects_uneven_groups_and_ragged_logprobs():
+    from grpo_ray.sampling import Sample
+
+    with pytest.raises(ValueError, match="split evenly"):
+        RolloutBatch.from_samples([[1], [2]], [Sample([1], [0.0], False)] * 3, completions=[], pad_token_id=0, weight_version=0)
+    with pytest.raises(ValueError, match="2 tokens but 1 logprobs"):
+        RolloutBatch.from_samples([[1]], [Sample([1, 2], [0.0], False)], completions=[], pad_token_id=0, weight_version=0)
