@@ -433,11 +433,13 @@ class SFTConfig:
     )
     batch_size: int = knob(8, "Examples per warm-up step.")
     learning_rate: float = knob(2e-4, "Constant AdamW learning rate of the warm-up (the tutorial's 2e-4).")
+    max_grad_norm: float = knob(1.0, "Clip the warm-up's gradient norm to this value (TRL's SFT default); 0 disables.")
 
     def __post_init__(self) -> None:
         _check_int("sft", "steps", self.steps, 0)
         _check_int("sft", "batch_size", self.batch_size, 1)
         _check_positive("sft", "learning_rate", self.learning_rate)
+        _check_positive("sft", "max_grad_norm", self.max_grad_norm, allow_zero=True)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,8 @@ def supervised_warmup(config: TrainConfig, tokenizer: Any, prompts: list[str], s
         batch = {k: v.to(model.device) for k, v in collate(rng.sample(examples, size), tokenizer.pad_token_id).items()}
         loss = model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.optim.max_grad_norm or float("inf"))
+        if config.sft.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.sft.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())

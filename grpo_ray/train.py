@@ -91,8 +91,9 @@ def train(config: TrainConfig, hint: str = "") -> dict[str, Any]:
 
     started = time.perf_counter()
     out = check_output_dir(config.run.output_dir)
-    for problem in missing_sinks(config.run.report_to):
-        raise StartupError(problem)
+    problems = missing_sinks(config.run.report_to)
+    if problems:
+        raise StartupError(problems[0])
     check_model(config.model, hint)
     try:
         fmt = answer_format(config.data.format)
