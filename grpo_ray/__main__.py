@@ -19,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    sys.argv[0] = f"python -m grpo_ray {argv[0]}"  # the name --help shows
     importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 
