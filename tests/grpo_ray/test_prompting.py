@@ -72,3 +72,18 @@ def test_long_prompts_are_dropped_and_counted_never_cut():
     assert [r["answer"] for r in built.rows] == ["2", "7"] and built.solutions == ["2", "7"]
     assert built.questions == ["1+1=", "3+4="] and "q" not in built.rows[0]
     assert len(build_prompt_set(rows, data, tok, answer_format("none"), None, limit=2).rows) == 2
+
+
+def test_prompt_building_and_start_up_checks_import_no_model_stack():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, grpo_ray.prompting, grpo_ray.prompt_set, grpo_ray.startup, grpo_ray.plot, grpo_ray.tracking\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('ray', 'vllm', 'transformers', 'torch', 'datasets', 'matplotlib'))))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
