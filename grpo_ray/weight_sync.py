@@ -48,7 +48,10 @@ class WeightSync:
         self.config = config
         self.learner = learner
         self.rollout_workers = rollout_workers
-        self.probe = probe_tokens(vocab_size)
+        g = config.grpo
+        # the probe must fit the engine's context (vLLM's max_model_len = prompt + completion budget)
+        fits = (g.max_prompt_length or PROBE_LENGTH) + g.max_completion_length - 1
+        self.probe = probe_tokens(vocab_size, length=max(2, min(PROBE_LENGTH, fits)))
         self.tolerance = sync_tolerance(config)
         self.timings: dict[str, float] = {}
 
