@@ -44,7 +44,6 @@ from pathlib import Path
 
 logger = logging.getLogger("grpo_ray.rewards")
 
-STATUSES = ("ok", "error", "timeout", "memory", "killed")
 ISOLATIONS = ("namespaces", "rlimits")
 _LAUNCHER = Path(__file__).with_name("_sandbox_child.py")
 #: Seconds past ``timeout_s`` after which the caller stops waiting for the launcher itself.

@@ -32,11 +32,15 @@ def _pair(config):
     return learner, worker
 
 
-def _train_once(learner, worker, seed=0):
+def _scored_batch(worker, seed=0):
     batch = worker.generate(PROMPTS, num_generations=4, seed=seed)
     batch.rewards = torch.arange(len(batch), dtype=torch.float32).unsqueeze(1) % 3
     batch.advantages = compute_advantages(batch.rewards, 4)
-    return learner.train_generation(batch, cycle=0)
+    return batch
+
+
+def _train_once(learner, worker, seed=0):
+    return learner.train_generation(_scored_batch(worker, seed), cycle=0)
 
 
 @pytest.mark.parametrize("lora", [True, False])
@@ -61,6 +65,22 @@ def test_training_moves_weights_and_version(checkpoint, tmp_path):
     assert version == 2 and [m["weight_version"] for m in metrics] == [1.0, 2.0]  # steps_per_generation=2
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert all(torch.isfinite(torch.tensor(m["loss"])) and m["grad_norm"] > 0 for m in metrics)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_training_raises_positive_advantage_completions_and_lowers_negative_ones(checkpoint, tmp_path, lora):
+    """The direction of learning: one generation's optimizer steps on a fixed batch make the
+    completions with A > 0 more likely and those with A < 0 less likely (summed over each
+    completion's tokens, averaged over each side). A learner that climbs the loss does the opposite."""
+    learner, worker = _pair(tiny_config(checkpoint, tmp_path, lora={"enabled": lora}))
+    batch = _scored_batch(worker)
+    mask = batch.completion_mask.float()
+    before = (learner.logprobs(batch) * mask).sum(1)  # [N] log-likelihood of each completion
+    learner.train_generation(batch, cycle=0)
+    change = (learner.logprobs(batch) * mask).sum(1) - before
+    adv = batch.advantages
+    assert (adv > 0).sum() >= 4 and (adv < 0).sum() >= 4
+    assert change[adv > 0].mean() > 0.05 and change[adv < 0].mean() < -0.05
 
 
 def test_lora_reference_is_the_base_model(checkpoint, tmp_path):

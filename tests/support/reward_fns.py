@@ -15,3 +15,8 @@ def hangs(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[
 def short_completion(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
     """Prefers short completions (a signal every policy can learn fast)."""
     return [-float(len(c)) for c in completions]
+
+
+def constant_one(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+    """1.0 for every completion: a score that no penalty or NaN can be mistaken for."""
+    return [1.0] * len(completions)

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from grpo_ray.rewards import sandbox
-from grpo_ray.rewards.sandbox import STATUSES, SandboxResult, isolation_level, run_python
+from grpo_ray.rewards.sandbox import SandboxResult, isolation_level, run_python
 
 HAS_NAMESPACES = isolation_level() == "namespaces"
 needs_namespaces = pytest.mark.skipif(not HAS_NAMESPACES, reason="kernel refuses unprivileged namespaces here")
@@ -52,7 +52,6 @@ def test_ok_stdout_stdin_and_result_fields():
     assert isinstance(result, SandboxResult)
     assert (result.status, result.stdout, result.returncode) == ("ok", "HELLO\n", 0)
     assert 0 < result.elapsed_s < 5
-    assert STATUSES == ("ok", "error", "timeout", "memory", "killed")
 
 
 @pytest.mark.parametrize("isolation", BOTH_MODES)
