@@ -81,20 +81,24 @@ def place_actors(config: TrainConfig) -> Actors:
             "reward.num_workers or the per-worker CPUs/GPUs"
         )
 
-    def start(cls: type, index: int, *args: Any) -> Any:
+    def start(cls: type, index: int, *args: Any, restarts: int = 0) -> Any:
         spec = specs[index]
         return (
             ray.remote(cls)
             .options(
                 num_cpus=spec.get("CPU", 0.0),
                 num_gpus=spec.get("GPU", 0.0),
+                max_restarts=restarts,  # the driver retries the calls a restart interrupted
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
             )
             .remote(*args)
         )
 
     n_roll = config.rollout.num_workers
+    restarts = config.run.max_worker_restarts  # workers hold no state the driver cannot give back; the learner does
     learner = start(Learner, 0, config, int(specs[0]["CPU"]))
-    rollout = [start(RolloutWorker, 1 + i, config, i) for i in range(n_roll)]
-    reward = [start(RewardWorker, 1 + n_roll + i, config.reward) for i in range(config.reward.num_workers)]
+    rollout = [start(RolloutWorker, 1 + i, config, i, restarts=restarts) for i in range(n_roll)]
+    reward = [
+        start(RewardWorker, 1 + n_roll + i, config.reward, restarts=restarts) for i in range(config.reward.num_workers)
+    ]
     return Actors(learner, rollout, reward, pg)

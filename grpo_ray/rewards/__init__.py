@@ -3,6 +3,7 @@
 Ray-free: :class:`~grpo_ray.rewards.remote.ActorReward` imports Ray only when called.
 """
 
+from grpo_ray.rewards._pool_worker import RewardContractError
 from grpo_ray.rewards.registry import (
     RewardResolutionError,
     completion_text,
@@ -11,4 +12,6 @@ from grpo_ray.rewards.registry import (
     resolve,
 )
 
-__all__ = ["RewardResolutionError", "completion_text", "register", "registered_names", "resolve"]
+__all__ = [
+    "RewardContractError", "RewardResolutionError", "completion_text", "register", "registered_names", "resolve",
+]
