@@ -3,8 +3,8 @@
 Ray-free: :class:`~grpo_ray.rewards.remote.ActorReward` imports Ray only when called.
 """
 
-from grpo_ray.rewards._pool_worker import RewardContractError
 from grpo_ray.rewards.registry import (
+    RewardContractError,
     RewardResolutionError,
     completion_text,
     register,

@@ -21,9 +21,7 @@ import traceback
 from multiprocessing.connection import Connection
 from numbers import Real
 
-
-class RewardContractError(ValueError):
-    """A reward function returned something other than one number (or None) per completion."""
+from grpo_ray.rewards.registry import RewardContractError
 
 
 def validate_scores(scores, n: int) -> list[float]:

@@ -32,8 +32,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.connection import Connection, wait
 from typing import Any, Sequence
 
-from grpo_ray.rewards._pool_worker import RewardContractError, call_reward
-from grpo_ray.rewards.registry import RewardResolutionError, resolve
+from grpo_ray.rewards._pool_worker import call_reward
+from grpo_ray.rewards.registry import RewardContractError, RewardResolutionError, resolve
 
 logger = logging.getLogger("grpo_ray.rewards")
 

@@ -42,6 +42,10 @@ class RewardResolutionError(ConfigError):
     """A ``RewardConfig.functions`` entry that names no usable reward function."""
 
 
+class RewardContractError(ValueError):
+    """A reward function returned something other than one number (or None) per completion."""
+
+
 def register(name: str, fn: RewardFn) -> RewardFn:
     """Register ``fn`` under ``name``; a name may be bound once (re-binding the same object is a no-op)."""
     if not callable(fn):
