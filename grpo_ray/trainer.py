@@ -334,45 +334,48 @@ class GRPOTrainer:
         bar = tqdm(total=c.run.max_steps, initial=s.step, desc="GRPO", unit="step", dynamic_ncols=True)
         try:
             with self._catching_signals():
-                while s.step < c.run.max_steps:
-                    before = s.step
-                    try:
-                        records = self._cycle()
-                    except RayActorError as err:
-                        raise TrainingFailed(
-                            f"an actor died during step {before + 1} ({type(err).__name__}; the learner is not "
-                            f"restarted: its state lives only in checkpoints). {self._resume_hint()}"
-                        ) from err
-                    except RayTaskError as err:
-                        raise TrainingFailed(
-                            f"step {before + 1} failed inside an actor: {type(err.cause).__name__}: {err.cause}. "
-                            f"{self._resume_hint()}"
-                        ) from err
-                    for record in records:
-                        history.append(record)
-                        step = int(record["step"])
-                        if step % c.run.logging_steps == 0:
-                            metrics_log.write(step, record)
-                            bar.write(console_line(step, record))
-                        bar.update(1)
-                    if s.consecutive_skips >= c.run.max_consecutive_skips:
-                        path = self.checkpoint()
-                        raise TrainingFailed(
-                            f"{s.consecutive_skips} optimizer steps in a row were skipped for a non-finite loss or "
-                            f"gradient ('skipped' in metrics.jsonl; run.max_consecutive_skips={c.run.max_consecutive_skips}); "
-                            f"stopped at step {s.step} with checkpoint {path}. Check the reward scale and "
-                            "optim.learning_rate before resuming"
-                        )
-                    if c.run.save_steps and s.step // c.run.save_steps > before // c.run.save_steps:
-                        self.checkpoint()
-                    if self._stop_signal is not None:
-                        self._interrupt(bar)
-            final = self.checkpoint()
+                try:
+                    while s.step < c.run.max_steps:
+                        self._cycle_logged(metrics_log, bar, history)
+                        if self._stop_signal is not None:
+                            self._interrupt(bar)
+                    final = self.checkpoint()
+                except RayActorError as err:
+                    raise TrainingFailed(
+                        f"an actor died after step {s.step} ({type(err).__name__}; the learner is not restarted: "
+                        f"its state lives only in checkpoints). {self._resume_hint()}"
+                    ) from err
+                except RayTaskError as err:
+                    raise TrainingFailed(
+                        f"an actor failed after step {s.step}: {type(err.cause).__name__}: {err.cause}. "
+                        f"{self._resume_hint()}"
+                    ) from err
             link_final(out, final.name)
         finally:
             bar.close()
             metrics_log.close()
         return TrainResult(optimizer_steps=s.step, history=history, output_dir=str(out), checkpoint=str(final))
+
+    def _cycle_logged(self, metrics_log: MetricsLog, bar: Any, history: list[dict[str, Any]]) -> None:
+        """One cycle, then its records logged, the skip guard and the periodic checkpoint."""
+        c, s = self.config, self.state
+        before = s.step
+        for record in self._cycle():
+            history.append(record)
+            step = int(record["step"])
+            if step % c.run.logging_steps == 0:
+                metrics_log.write(step, record)
+                bar.write(console_line(step, record))
+            bar.update(1)
+        if s.consecutive_skips >= c.run.max_consecutive_skips:
+            path = self.checkpoint()
+            raise TrainingFailed(
+                f"{s.consecutive_skips} optimizer steps in a row were skipped for a non-finite loss or gradient "
+                f"('skipped' in metrics.jsonl; run.max_consecutive_skips={c.run.max_consecutive_skips}); stopped at "
+                f"step {s.step} with checkpoint {path}. Check the reward scale and optim.learning_rate before resuming"
+            )
+        if c.run.save_steps and s.step // c.run.save_steps > before // c.run.save_steps:
+            self.checkpoint()
 
     def _cycle(self) -> list[dict[str, Any]]:
         """One generation cycle; returns one record per optimizer step taken (state updated)."""

@@ -112,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trainer = GRPOTrainer(config, train)
     try:
         before = accuracy(trainer, held_out)
-        print(f"held-out accuracy before GRPO: {before:.1%}", flush=True)
+        when = "before GRPO" if trainer.state.step == 0 else f"at step {trainer.state.step} (resumed)"
+        print(f"held-out accuracy {when}: {before:.1%}", flush=True)
         result = trainer.run()
         after = accuracy(trainer, held_out)
         print(f"held-out accuracy after GRPO:  {after:.1%} ({(after - before) * 100:+.1f} points)", flush=True)
