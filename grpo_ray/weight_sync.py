@@ -109,6 +109,11 @@ class InProcessSync(WeightSync):
         return ray.get(self.learner.sync_weights.remote())
 
 
-def make_weight_sync(config: TrainConfig, actors: Any, vocab_size: int) -> WeightSync:
+def make_weight_sync(config: TrainConfig, actors: Any) -> WeightSync:
+    """The sync the placement calls for, probing within the model's vocabulary."""
+    from transformers import AutoConfig
+
+    m = config.model
+    vocab_size = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code).vocab_size
     cls = InProcessSync if actors.colocated else ObjectStoreSync
     return cls(config, actors.learner, actors.rollout_workers, vocab_size)

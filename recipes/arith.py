@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from grpo_ray.cli import parse_config
+from grpo_ray.cli import parse_config, user_errors
 from grpo_ray.config import (
     BatchConfig, GenerationConfig, GRPOConfig, LoraConfig, ModelConfig, OptimConfig, RewardConfig,
     RolloutConfig, RunConfig, TrainConfig,
@@ -94,21 +94,26 @@ def accuracy(trainer: Any, rows: list[dict[str, Any]]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from grpo_ray.trainer import GRPOTrainer
+    from grpo_ray.trainer import GRPOTrainer, preflight
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = parse_config(argv, base=DEFAULTS, description=__doc__)
     out = Path(config.run.output_dir)
     train, held_out = make_problems(NUM_TRAIN, seed=1), make_problems(NUM_EVAL, seed=2)
     started = time.perf_counter()
-    if not config.model.name_or_path:
-        print(f"supervised warm-up: {SFT_STEPS} steps of {SFT_BATCH} problems", flush=True)
-        checkpoint = supervised_warmup(out / "sft", train, config.run.seed)
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, name_or_path=str(checkpoint)))
-    trainer = GRPOTrainer(config, train)
+    warmup = not config.model.name_or_path
+    if warmup:  # the policy is the warm-up's checkpoint, made below
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, name_or_path=str(out / "sft")))
+    with user_errors("python -m recipes.arith"):
+        preflight(config, train, check_model=not warmup)  # every check before any work or any file
+        if warmup and not (config.run.resume and (out / "sft" / "config.json").is_file()):
+            print(f"supervised warm-up: {SFT_STEPS} steps of {SFT_BATCH} problems", flush=True)
+            supervised_warmup(out / "sft", train, config.run.seed)
+        trainer = GRPOTrainer(config, train)
     try:
         before = accuracy(trainer, held_out)
-        print(f"held-out accuracy before GRPO: {before:.1%}", flush=True)
+        when = "before GRPO" if trainer.state.step == 0 else f"at step {trainer.state.step} (resumed)"
+        print(f"held-out accuracy {when}: {before:.1%}", flush=True)
         result = trainer.run()
         after = accuracy(trainer, held_out)
         print(f"held-out accuracy after GRPO:  {after:.1%} ({(after - before) * 100:+.1f} points)", flush=True)

@@ -38,14 +38,16 @@ def test_loop_trains_syncs_logs_and_checkpoints(cluster, checkpoint, tmp_path):
         trainer.shutdown()
     assert result.optimizer_steps == 3
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    # steps_per_generation=2: two optimizer steps per cycle, so 3 steps need 2 cycles -> version 4
-    assert version == 4 and rollout_versions == [4, 4]
+    # steps_per_generation=2: two optimizer steps per cycle; the second cycle stops after one, at max_steps=3
+    assert version == 3 and rollout_versions == [3, 3]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert {"reward", "loss", "grad_norm", "clip_ratio/region_mean", "completion_length"} <= set(lines[0])
     # the second cycle sampled with the weights of the first cycle's two steps
     assert [x["weight_version_sampled"] for x in lines] == [0, 0, 2]
     assert (tmp_path / "run" / "final" / "adapter_config.json").is_file()
+    assert (tmp_path / "run" / "final").resolve() == (tmp_path / "run" / "checkpoint-3").resolve()
+    assert result.checkpoint == str(tmp_path / "run" / "checkpoint-3")
 
 
 def test_loop_raises_a_learnable_reward(cluster, checkpoint, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from actors.engines import vllm_engine
 from actors.engines.vllm_engine import SUPPORTED_VLLM, engine_sizes, kv_bytes_per_token, lora_rank_slot
-from grpo_ray.config import BatchConfig, GRPOConfig, ModelConfig, RolloutConfig, TrainConfig
+from grpo_ray.config import BatchConfig, ConfigError, GRPOConfig, ModelConfig, RolloutConfig, TrainConfig
 
 QWEN_05B = SimpleNamespace(num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, hidden_size=896,
                            max_position_embeddings=32768)
@@ -70,6 +70,6 @@ def test_preflight_refuses_vllm_before_any_actor_starts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(metadata, "version", lambda name: "0.9.9")
     config = tiny_config(tiny_checkpoint(tmp_path / "m"), tmp_path / "run", rollout={"backend": "vllm", "num_workers": 1})
-    with pytest.raises(RuntimeError, match="found vLLM 0.9.9"):
+    with pytest.raises(ConfigError, match="found vLLM 0.9.9"):
         preflight(config)
     assert not ray.is_initialized()
