@@ -160,7 +160,8 @@ def existing_run(output_dir: Path) -> list[str]:
     out = Path(output_dir)
     if not out.is_dir():
         return []
-    markers = [name for name in ("metrics.jsonl", "summary.json", FINAL) if (out / name).exists() or (out / name).is_symlink()]
+    names = ("metrics.jsonl", "summary.json", FINAL)
+    markers = [name for name in names if (out / name).exists() or (out / name).is_symlink()]
     return markers + [path.name for _, path in step_checkpoints(out)]
 
 

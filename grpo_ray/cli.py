@@ -148,7 +148,8 @@ def parse_config(
         if path is not None:
             if not path.is_file():
                 raise ConfigError(f"--config {path}: no such file")
-            data = _load_yaml(path.read_text(), f"--config {path}", "fix the file (a mapping like 'grpo: {beta: 0.04}')")
+            fix = "fix the file (a mapping like 'grpo: {beta: 0.04}')"
+            data = _load_yaml(path.read_text(), f"--config {path}", fix)
             config = config_from_dict(data or {}, config)
         show = args.pop("print_config", False)
         overrides: dict[str, dict[str, Any]] = {}

@@ -94,7 +94,9 @@ def _split(items: Sequence[Any], parts: int) -> list[list[Any]]:
 # -- checks before any work ----------------------------------------------------------------------
 
 
-def preflight(config: TrainConfig, rows: Sequence[dict[str, Any]] | None = None, *, check_model: bool = True) -> Path | None:
+def preflight(
+    config: TrainConfig, rows: Sequence[dict[str, Any]] | None = None, *, check_model: bool = True
+) -> Path | None:
     """Fail in the driver, before any actor starts or anything is written, on what would fail
     later: reward names, the columns they need (when ``rows`` are given), the model path
     (unless ``check_model`` is false, for a recipe that makes its model first) and the output

@@ -37,6 +37,7 @@ _PI = Decimal("3.14159265358979323846264338327950288419716939937510")
 _CONTEXT = Context(prec=_PRECISION, Emax=100_000, Emin=-100_000, traps=[InvalidOperation, DivisionByZero, Overflow])
 _TOKEN = re.compile(r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\\[A-Za-z]+|[-+*/^(){}\[\]]")
 _COMMANDS = {"\\frac", "\\sqrt", "\\pi", "\\times", "\\cdot", "\\div"}
+_STARTS_ATOM = ("(", "{", "\\frac", "\\sqrt", "\\pi")  # after a value: implicit multiplication
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class _Parser:
             elif token in ("/", "\\div"):
                 self.take()
                 value = _div(value, self.unary())
-            elif token is not None and (token in ("(", "{", "\\frac", "\\sqrt", "\\pi") or token[0].isdigit() or token[0] == "."):
+            elif token is not None and (token in _STARTS_ATOM or token[0].isdigit() or token[0] == "."):
                 value = _mul(value, self.unary())  # implicit: 2\sqrt{3}, 2\pi, 3(4)
             else:
                 return value
