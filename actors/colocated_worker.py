@@ -73,8 +73,8 @@ class ColocatedWorker:
 
     # -- learner role ----------------------------------------------------------------------------
 
-    def train_generation(self, batch: RolloutBatch, cycle: int) -> list[dict[str, float]]:
-        return self.learner.train_generation(batch, cycle)
+    def train_generation(self, batch: RolloutBatch, cycle: int, max_steps: int | None = None) -> list[dict[str, float]]:
+        return self.learner.train_generation(batch, cycle, max_steps)
 
     def logprobs(self, batch: RolloutBatch, *, reference: bool = False) -> torch.Tensor:
         return self.learner.logprobs(batch, reference=reference)
@@ -87,4 +87,11 @@ class ColocatedWorker:
 
     def save(self, path: str) -> str:
         return self.learner.save(path)
+
+    def save_state(self, path: str) -> str:
+        return self.learner.save_state(path)
+
+    def load_state(self, path: str) -> int:
+        """The learner's state back; the engine gets it at the sync that follows."""
+        return self.learner.load_state(path)
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import math
+import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from grpo_ray.batching import plan_generation_cycle
+from grpo_ray.checkpoint import LEARNER_STATE
 from grpo_ray.config import TrainConfig
 from grpo_ray.loss import grpo_loss, mask_truncated_completions
 from grpo_ray.modeling import completion_logprobs, export_weights, load_policy, load_tokenizer, probe_logprobs
@@ -26,6 +31,11 @@ class Learner:
     Reference logprobs (``beta > 0``) come from the same model with the LoRA adapter disabled,
     so LoRA runs hold one copy of the base weights; full fine-tuning keeps a frozen copy only
     when ``beta > 0``.
+
+    Numerical guard: an optimizer step whose summed loss or gradient norm is not finite is
+    skipped (its gradients dropped, the weights and the optimizer's moments untouched); it
+    still counts as a step (the schedule and the weight version advance) and reports
+    ``skipped = 1``. The driver counts skips and stops the run after too many in a row.
     """
 
     def __init__(self, config: TrainConfig, num_cpus: int = 1, policy: torch.nn.Module | None = None):
@@ -68,6 +78,54 @@ class Learner:
         load_tokenizer(self.config.model).save_pretrained(out)
         return str(out)
 
+    def save_state(self, path: str) -> str:
+        """``save`` (a loadable checkpoint) plus what an exact resume needs, in ``learner_state.pt``:
+        trainable weights, pending gradients, optimizer, scheduler, weight version and the
+        torch / numpy / python RNG of this process."""
+        self.save(path)
+        named = [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]
+        np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        py_version, py_internal, py_gauss = random.getstate()
+        state = {
+            "version": self.version,
+            "params": {n: p.detach().to("cpu", copy=True) for n, p in named},
+            "grads": {n: p.grad.detach().to("cpu", copy=True) for n, p in named if p.grad is not None},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+                "python": [py_version, list(py_internal), py_gauss],
+            },
+        }
+        torch.save(state, Path(path) / LEARNER_STATE)
+        return str(path)
+
+    def load_state(self, path: str) -> int:
+        """Restore what ``save_state`` wrote; returns the weight version."""
+        state = torch.load(Path(path) / LEARNER_STATE, map_location="cpu", weights_only=True)
+        named = {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
+        if set(state["params"]) != set(named):
+            missing, extra = sorted(set(named) - set(state["params"])), sorted(set(state["params"]) - set(named))
+            raise ValueError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(state["params"][n])
+                p.grad = state["grads"][n].to(p.device) if n in state["grads"] else None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np_name, np_keys, *np_rest = rng["numpy"]
+        np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), *np_rest))
+        py_version, py_internal, py_gauss = rng["python"]
+        random.setstate((py_version, tuple(py_internal), py_gauss))
+        self.version = state["version"]
+        return self.version
+
     # -- logprobs --------------------------------------------------------------------------------
 
     def _logps(self, model: torch.nn.Module, batch: RolloutBatch, with_entropy: bool = False) -> Any:
@@ -104,8 +162,10 @@ class Learner:
 
     # -- training --------------------------------------------------------------------------------
 
-    def train_generation(self, batch: RolloutBatch, cycle: int) -> list[dict[str, float]]:
-        """Run the micro-steps of generation cycle ``cycle`` on ``batch``; metrics per optimizer step."""
+    def train_generation(self, batch: RolloutBatch, cycle: int, max_steps: int | None = None) -> list[dict[str, float]]:
+        """Run the micro-steps of generation cycle ``cycle`` on ``batch``; metrics per optimizer step.
+
+        ``max_steps`` ends the cycle after that many optimizer steps (the run's last cycle)."""
         c = self.config
         spg = c.batch.steps_per_generation_value
         gas = c.batch.gradient_accumulation_steps
@@ -156,6 +216,8 @@ class Learner:
             if step.optimizer_step:
                 results.append(self._optimizer_step(window))
                 window = {}
+                if max_steps is not None and len(results) >= max_steps:
+                    break
         if window:  # an accumulation window that continues into the next generation
             results.append({k: _mean(v) for k, v in window.items()} | {"partial_window": 1.0})
         results[-1]["time/train_s"] = time.perf_counter() - started
@@ -163,13 +225,20 @@ class Learner:
 
     def _optimizer_step(self, window: dict[str, list[float]]) -> dict[str, float]:
         max_norm = self.config.optim.max_grad_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm > 0 else float("inf"))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm > 0 else float("inf")))
+        loss = sum(window["loss"])  # micro-losses are already scaled to sum to the step's loss
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
+        if not skipped:
+            self.optimizer.step()
+        with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.version += 1
         out = {k: _mean(v) for k, v in window.items()}
-        out["loss"] = sum(window["loss"])  # micro-losses are already scaled to sum to the step's loss
-        out.update({"grad_norm": float(grad_norm), "learning_rate": lr, "weight_version": float(self.version)})
+        out.update({
+            "loss": loss, "grad_norm": grad_norm, "learning_rate": lr, "weight_version": float(self.version),
+            "skipped": float(skipped),
+        })
         return out

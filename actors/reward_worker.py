@@ -28,9 +28,12 @@ class RewardWorker:
         """One name per reward function, in config order."""
         return list(self._pool.names)
 
-    def score(self, prompts: list, completions: list, columns: dict[str, list[Any]]) -> list[list[float]]:
-        """Rewards ``[N][R]``: NaN where a function does not apply, the penalty where it failed."""
-        return self._pool.score(prompts, completions, columns)
+    def score(
+        self, prompts: list, completions: list, columns: dict[str, list[Any]], group_size: int = 1
+    ) -> list[list[float]]:
+        """Rewards ``[N][R]``: NaN where a function does not apply, the penalty where it failed.
+        Groups of ``group_size`` consecutive completions stay in one call of each function."""
+        return self._pool.score(prompts, completions, columns, group_size=group_size)
 
     def close(self) -> None:
         self._pool.close()

@@ -13,6 +13,7 @@ Each part runs in its own process (one vLLM engine per process):
   generations x up to 256 new tokens, beta 0, dapo, micro-batch 16 x 32 accumulation steps,
   gradient checkpointing), time per stage and peak memory, then the sync + wake time, and
   GPU memory after step 2 and the last step (a leak shows as growth).
+* single_card: the seeds' one-card case in bf16, Qwen2.5-1.5B shape (NVML peaks, breakdown).
 * trl: TRL's GRPOTrainer, ``use_vllm=True, vllm_mode="colocate"``, sleep mode on, the same
   model, LoRA, batch and micro-batch, at ``--trl-util`` GPU memory utilisation.
 
@@ -39,17 +40,35 @@ MICRO_BATCH, ACCUMULATION = 16, 32  # 512 completions per optimizer step, as TRL
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def nvml_used_gib() -> float:
-    """GPU memory this process holds, as NVML sees it."""
-    import pynvml  # nvidia-ml-py
+class NvmlPeak:
+    """The device's used memory as NVML sees it, sampled every 10 ms on a thread: the whole
+    process (CUDA context, cuBLAS workspace, CUDA graph pool, vLLM's own allocations), which
+    torch's counters miss. The part runs alone on the card, so device-used is this process."""
 
-    pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]))
-    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-    used = sum(p.usedGpuMemory or 0 for p in procs if p.pid == os.getpid())
-    if not used:  # some containers hide pids: the whole device then
-        used = pynvml.nvmlDeviceGetMemoryInfo(handle).used
-    return used / 2**30
+    def __init__(self) -> None:
+        import threading
+
+        import pynvml  # nvidia-ml-py
+
+        pynvml.nvmlInit()
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        self._info = pynvml.nvmlDeviceGetMemoryInfo
+        self.baseline = self.now()
+        self.peak = self.baseline
+        threading.Thread(target=self._poll, daemon=True).start()
+
+    def now(self) -> float:
+        return self._info(self._handle).used / 2**30
+
+    def _poll(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.01)
+
+    def take(self) -> float:
+        """Peak since the last take, above the device's use before this process touched it."""
+        peak, self.peak = self.peak, self.now()
+        return peak - self.baseline
 
 
 def checkpoint(workdir: Path) -> Path:
@@ -128,8 +147,8 @@ def part_rollout(workdir: Path) -> dict:
             tokens[name] = fn()
             torch.cuda.synchronize()
             timings[name].append(time.perf_counter() - t)
-    result = {name: {"tokens": tokens[name], "s": statistics.median(ts), "tok_per_s": tokens[name] / statistics.median(ts)}
-              for name, ts in timings.items()}
+    result = {name: {"tokens": tokens[name], "s": statistics.median(ts), "all_s": ts,
+                     "tok_per_s": tokens[name] / statistics.median(ts)} for name, ts in timings.items()}
     result["engine_init_s"] = engine.init_s
     hf_worker = RolloutWorker(config, engine=HFEngine(config))
     hf_worker.generate(rows[:4], num_generations=GENERATIONS, seed=0)  # warm-up
@@ -148,6 +167,7 @@ def part_step(workdir: Path, steps: int) -> dict:
     from actors.colocated_worker import ColocatedWorker
     from grpo_ray.advantages import compute_advantages
 
+    nvml = NvmlPeak()
     started = time.perf_counter()
     config = our_config(checkpoint(workdir), workdir, lora=True)
     worker = ColocatedWorker(config)
@@ -156,16 +176,20 @@ def part_step(workdir: Path, steps: int) -> dict:
     worker.sync_weights()
     records = []
     for step in range(steps):
+        nvml.take()
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         batch = worker.generate(rows, num_generations=GENERATIONS, seed=step)
         t1 = time.perf_counter()
+        rollout_peak, rollout_nvml = torch.cuda.max_memory_allocated() / 2**30, nvml.take()
+        torch.cuda.reset_peak_memory_stats()
         batch.rewards = torch.tensor(length_reward(batch.completions)).unsqueeze(1)
         batch.advantages = compute_advantages(batch.rewards, GENERATIONS)
         t2 = time.perf_counter()
         metrics = worker.train_generation(batch, cycle=step)
         torch.cuda.synchronize()
         t3 = time.perf_counter()
+        learner_peak, learner_nvml = torch.cuda.max_memory_allocated() / 2**30, nvml.take()
         worker.sync_weights()
         torch.cuda.synchronize()
         t4 = time.perf_counter()
@@ -173,9 +197,10 @@ def part_step(workdir: Path, steps: int) -> dict:
             "step": step + 1, "step_s": t4 - t0, "rollout_s": t1 - t0, "rewards_s": t2 - t1, "learner_s": t3 - t2,
             "sync_s": t4 - t3, "optimizer_steps": len(metrics),
             "completion_tokens": int(batch.completion_mask.sum()),
-            "torch_peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "torch_reserved_gib": torch.cuda.memory_reserved() / 2**30,
-            "nvml_gib": nvml_used_gib(),
+            "torch_peak_gib": max(rollout_peak, learner_peak), "torch_peak_rollout_gib": rollout_peak,
+            "torch_peak_learner_gib": learner_peak, "nvml_peak_rollout_gib": rollout_nvml,
+            "nvml_peak_learner_gib": learner_nvml, "torch_reserved_gib": torch.cuda.memory_reserved() / 2**30,
+            "nvml_after_step_gib": nvml.now() - nvml.baseline,
         })
         print(json.dumps(records[-1]), flush=True)
     # sync + wake alone, LoRA (the adapter into vLLM's slot) and the prefix-cache reset
@@ -190,6 +215,61 @@ def part_step(workdir: Path, steps: int) -> dict:
         worker.engine.sleep()
     return {"init_s": init_s, "steps": records, "sync_plus_wake_s": statistics.median(sync_wake),
             "kv_cache_gib": worker.engine.sizes["kv_cache_memory_bytes"] / 2**30}
+
+
+def part_single_card(workdir: Path, steps: int) -> dict:
+    """The seeds' single-card case in bf16 (no 4-bit): Qwen2.5-1.5B shape, LoRA r16, colocate,
+    256 prompt + 768 completion tokens, 8 generations per prompt; where the memory goes."""
+    import dataclasses
+
+    import torch
+
+    from actors.colocated_worker import ColocatedWorker
+    from grpo_ray.advantages import compute_advantages
+    from grpo_ray.config import BatchConfig
+    from recipes.tiny_model import random_checkpoint
+
+    nvml = NvmlPeak()
+    torch.empty(1, device="cuda")
+    context = nvml.now() - nvml.baseline
+    path = workdir / "qwen2.5-1.5b"
+    if not (path / "config.json").is_file():
+        random_checkpoint("qwen2.5-1.5b", path)
+    base = our_config(path, workdir, lora=True)
+    config = dataclasses.replace(
+        base,
+        grpo=dataclasses.replace(base.grpo, max_prompt_length=256, max_completion_length=768),
+        # 2 prompts x 8 generations (the config needs 2 prompts per cycle), micro-batch 2
+        batch=BatchConfig(per_device_train_batch_size=2, gradient_accumulation_steps=8),
+        model=dataclasses.replace(base.model, logprob_chunk_size=1024),
+    )
+    worker = ColocatedWorker(config)
+    engine_weights = sum(p.numel() * p.element_size() for p in worker.engine.model.parameters()) / 2**30
+    rows = [" ".join(f"w{100 + 37 * i + j}" for i in range(256)) for j in range(2)]
+    worker.sync_weights()
+    records = []
+    for step in range(steps):
+        nvml.take()
+        t0 = time.perf_counter()
+        batch = worker.generate(rows, num_generations=GENERATIONS, seed=step)
+        t1 = time.perf_counter()
+        rollout_nvml = nvml.take()
+        batch.rewards = torch.tensor(length_reward(batch.completions)).unsqueeze(1)
+        batch.advantages = compute_advantages(batch.rewards, GENERATIONS)
+        worker.train_generation(batch, cycle=step)
+        worker.sync_weights()
+        torch.cuda.synchronize()
+        records.append({"rollout_s": t1 - t0, "learner_and_sync_s": time.perf_counter() - t1,
+                        "completion_tokens": int(batch.completion_mask.sum()),
+                        "nvml_peak_rollout_gib": rollout_nvml, "nvml_peak_learner_gib": nvml.take()})
+        print(json.dumps(records[-1]), flush=True)
+    optimizer = worker.learner.optimizer
+    adam = sum(t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t))
+    lora = sum(p.numel() * p.element_size() for p in worker.learner.params)
+    return {"steps": records, "cuda_context_gib": context, "engine_weights_gib": engine_weights,
+            "kv_cache_gib": worker.engine.sizes["kv_cache_memory_bytes"] / 2**30,
+            "lora_params_plus_grads_plus_adam_gib": (2 * lora + adam) / 2**30,
+            "nvml_peak_gib": max(max(r["nvml_peak_rollout_gib"], r["nvml_peak_learner_gib"]) for r in records)}
 
 
 def part_sync_full(workdir: Path) -> dict:
@@ -229,6 +309,7 @@ def part_trl(workdir: Path, util: float, steps: int) -> dict:
                        "MASTER_PORT": "29533"}.items():
         os.environ.setdefault(key, value)
     path = checkpoint(workdir)
+    nvml = NvmlPeak()
     stamps: list[float] = []
 
     class Clock(TrainerCallback):
@@ -259,7 +340,7 @@ def part_trl(workdir: Path, util: float, steps: int) -> dict:
     times = [b - a for a, b in zip([t0, *stamps], stamps)]
     lengths = [r.get("completions/mean_length") for r in trainer.state.log_history if "completions/mean_length" in r]
     return {"util": util, "init_s": init_s, "step_s": times, "torch_peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "nvml_gib": nvml_used_gib(), "mean_completion_length": lengths}
+            "nvml_peak_gib": nvml.take(), "mean_completion_length": lengths}
 
 
 # -- driver ------------------------------------------------------------------------------------
@@ -277,7 +358,7 @@ def run_part(argv: list[str], timeout: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["all", "rollout", "step", "sync_full", "trl"])
+    parser.add_argument("part", choices=["all", "rollout", "step", "sync_full", "trl", "single_card"])
     parser.add_argument("--workdir", default="/tmp/colocate-bench")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--trl-steps", type=int, default=3)
@@ -293,6 +374,7 @@ def main() -> None:
             "rollout": lambda: part_rollout(workdir),
             "step": lambda: part_step(workdir, args.steps),
             "sync_full": lambda: part_sync_full(workdir),
+            "single_card": lambda: part_single_card(workdir, args.steps),
             "trl": lambda: part_trl(workdir, args.trl_util, args.trl_steps),
         }[args.part]()
         print("RESULT " + json.dumps(result), flush=True)

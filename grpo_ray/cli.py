@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import sys
 import typing
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import yaml
 
@@ -146,12 +148,15 @@ def parse_config(
         if path is not None:
             if not path.is_file():
                 raise ConfigError(f"--config {path}: no such file")
-            config = config_from_dict(yaml.safe_load(path.read_text()) or {}, config)
+            fix = "fix the file (a mapping like 'grpo: {beta: 0.04}')"
+            data = _load_yaml(path.read_text(), f"--config {path}", fix)
+            config = config_from_dict(data or {}, config)
         show = args.pop("print_config", False)
         overrides: dict[str, dict[str, Any]] = {}
         for dotted, raw in args.items():
             section, name = dotted.split(".", 1)
-            overrides.setdefault(section, {})[name] = yaml.safe_load(raw) if raw != "" else ""
+            fix = "quote it, or write a list as [1, 2] or 1,2"
+            overrides.setdefault(section, {})[name] = _load_yaml(raw, f"--{dotted} {raw!r}", fix) if raw != "" else ""
         config = config_from_dict(overrides, config)
     except ConfigError as err:
         parser.error(str(err))
@@ -159,6 +164,32 @@ def parse_config(
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
         raise SystemExit(0)
     return config
+
+
+def _load_yaml(text: str, where: str, fix: str) -> Any:
+    """``yaml.safe_load``, with a parse error turned into one ConfigError line naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and start is not None:
+            problem += f" ({context} at line {start.line + 1}, column {start.column + 1})"
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}; {fix}") from None
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """For command-line entry points: a :class:`ConfigError` raised inside (the trainer's
+    preflight: reward names, dataset columns, model path, output directory, resume) ends the
+    program like a bad flag does, with one ``PROG: error: ...`` line and exit status 2."""
+    try:
+        yield
+    except ConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def knob_table_markdown() -> str:

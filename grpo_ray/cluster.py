@@ -114,23 +114,27 @@ def place_actors(config: TrainConfig) -> Actors:
             "reward.num_workers or the per-worker CPUs/GPUs"
         )
 
-    def start(cls: type, index: int, *args: Any) -> Any:
+    def start(cls: type, index: int, *args: Any, restarts: int = 0) -> Any:
         spec = specs[index]
         return (
             ray.remote(cls)
             .options(
                 num_cpus=spec.get("CPU", 0.0),
                 num_gpus=spec.get("GPU", 0.0),
+                max_restarts=restarts,  # the driver retries the calls a restart interrupted
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
             )
             .remote(*args)
         )
 
+    restarts = config.run.max_worker_restarts  # workers hold no state the driver cannot give back; the learner does
     first_reward = len(specs) - config.reward.num_workers
-    reward = [start(RewardWorker, first_reward + i, config.reward) for i in range(config.reward.num_workers)]
+    reward = [
+        start(RewardWorker, first_reward + i, config.reward, restarts=restarts) for i in range(config.reward.num_workers)
+    ]
     if resolve_mode(config) == "colocate":
-        worker = start(ColocatedWorker, 0, config, int(specs[0]["CPU"]))
+        worker = start(ColocatedWorker, 0, config, int(specs[0]["CPU"]))  # holds the learner: no restarts
         return Actors(worker, [worker], reward, pg, colocated=True)
     learner = start(Learner, 0, config, int(specs[0]["CPU"]))
-    rollout = [start(RolloutWorker, 1 + i, config, i) for i in range(config.rollout.num_workers)]
+    rollout = [start(RolloutWorker, 1 + i, config, i, restarts=restarts) for i in range(config.rollout.num_workers)]
     return Actors(learner, rollout, reward, pg)

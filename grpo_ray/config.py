@@ -354,7 +354,25 @@ class RunConfig:
     max_steps: int = knob(100, "Optimizer steps to train for.")
     seed: int = knob(42, "Seed for data order, sampling and initialisation.")
     logging_steps: int = knob(1, "Log metrics every this many optimizer steps.")
-    save_steps: int = knob(0, "Save a checkpoint every this many optimizer steps; 0 = only at the end.")
+    save_steps: int = knob(
+        0,
+        "Save a checkpoint every this many optimizer steps; 0 = only at the end. Checkpoints are taken "
+        "between generation cycles, so this must be a multiple of the optimizer steps per cycle.",
+    )
+    keep_last_n: int = knob(0, "Keep only the newest N step checkpoints (the final one always stays); 0 = keep all.")
+    resume: str | None = knob(
+        None,
+        "Resume from a checkpoint: 'latest' (the newest in run.output_dir) or a checkpoint directory. "
+        "None = a fresh run, refused when run.output_dir already holds one.",
+    )
+    max_worker_restarts: int = knob(
+        10, "Times each rollout or reward worker that died is restarted (and its batch retried) before the run fails."
+    )
+    max_consecutive_skips: int = knob(
+        10,
+        "Stop the run, saving a checkpoint, after this many optimizer steps in a row were skipped for a "
+        "non-finite loss or gradient.",
+    )
     report_to: tuple[str, ...] = knob(
         (), "Extra metric sinks besides metrics.jsonl: tensorboard, wandb, swanlab (each needs its package)."
     )
@@ -379,6 +397,11 @@ class RunConfig:
         _check_int("run", "logging_steps", self.logging_steps, 1)
         _check_int("run", "save_steps", self.save_steps, 0)
         _check_choice("run", "mode", self.mode, ("auto", "colocate", "distributed"))
+        _check_int("run", "keep_last_n", self.keep_last_n, 0)
+        if self.resume is not None and (not isinstance(self.resume, str) or not self.resume.strip()):
+            _fail("run", "resume", self.resume, "give 'latest' or a checkpoint directory, or None")
+        _check_int("run", "max_worker_restarts", self.max_worker_restarts, 0)
+        _check_int("run", "max_consecutive_skips", self.max_consecutive_skips, 1)
         for sink in self.report_to:
             _check_choice("run", "report_to", sink, REPORT_SINKS)
 
@@ -523,6 +546,13 @@ class TrainConfig:
             raise ConfigError(
                 f"grpo.reward_weights has {len(weights)} entries but reward.functions names "
                 f"{n_funcs}; give one weight per function"
+            )
+        per_cycle = self.batch.steps_per_generation_value * self.grpo.num_iterations
+        steps_per_cycle, rest = divmod(per_cycle, self.batch.gradient_accumulation_steps)
+        if self.run.save_steps and not rest and self.run.save_steps % steps_per_cycle:
+            raise ConfigError(
+                f"run.save_steps={self.run.save_steps} is invalid: a generation cycle takes {steps_per_cycle} "
+                f"optimizer steps and checkpoints are taken between cycles; set a multiple of {steps_per_cycle}"
             )
         if self.run.mode == "colocate" and self.rollout.num_workers != 1:
             raise ConfigError(

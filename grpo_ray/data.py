@@ -58,6 +58,17 @@ class PromptSampler:
             picked.append(dict(self.rows[self.order.pop()]))
         return picked
 
+    def state(self) -> dict[str, Any]:
+        """Position and RNG, JSON-ready: ``load_state`` of it continues the same sequence."""
+        version, internal, gauss = self.rng.getstate()
+        return {"epoch": self.epoch, "order": list(self.order), "rng": [version, list(internal), gauss]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = list(state["order"])
+        self.epoch = state["epoch"]
+
 
 def columns_of(rows: Iterable[dict[str, Any]], repeat: int) -> dict[str, list[Any]]:
     """Every column but ``prompt``, each value repeated ``repeat`` times (once per completion)."""

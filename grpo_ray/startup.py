@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from grpo_ray.config import DataConfig, ExportConfig, ModelConfig
+from grpo_ray.config import ConfigError, DataConfig, ExportConfig, ModelConfig
 
 
-class StartupError(ValueError):
-    """A run that cannot start; the message is one line naming the cause and the fix."""
+class StartupError(ConfigError):
+    """A run that cannot start; the message is one line naming the cause and the fix (the CLI's
+    ``user_errors`` turns it into ``PROG: error: ...`` and exit status 2)."""
 
 
 @lru_cache(maxsize=1)

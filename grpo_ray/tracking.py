@@ -61,15 +61,31 @@ def missing_sinks(report_to: tuple[str, ...]) -> list[str]:
 
 class MetricsLog:
     """Appends one JSON object per logged step to ``<output_dir>/metrics.jsonl`` and forwards the
-    numbers to the sinks named in ``report_to``."""
+    numbers to the sinks named in ``report_to``.
 
-    def __init__(self, output_dir: str, report_to: tuple[str, ...] = (), run_config: dict[str, Any] | None = None):
+    ``resume_step``: a resumed run first drops the records after that step (they were logged
+    by the interrupted run after its last checkpoint and are about to be redone), so the log
+    holds each step once.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        report_to: tuple[str, ...] = (),
+        run_config: dict[str, Any] | None = None,
+        resume_step: int | None = None,
+    ):
         problems = missing_sinks(report_to)
         if problems:
             raise RuntimeError("; ".join(problems))
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
+        if resume_step is not None and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines(keepends=True) if _step_of(line) <= resume_step]
+            tmp = self.path.with_name(".tmp-metrics.jsonl")
+            tmp.write_text("".join(kept))
+            tmp.replace(self.path)
         self.file = self.path.open("a")
         self.sinks: list[Any] = []
         if "tensorboard" in report_to:
@@ -101,3 +117,11 @@ class MetricsLog:
         self.file.close()
         for kind, sink in self.sinks:
             sink.close() if kind == "tensorboard" else sink.finish()
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics.jsonl line; a torn last line (a killed write) counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

@@ -18,9 +18,9 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from grpo_ray.cli import parse_config
+from grpo_ray.cli import parse_config, user_errors
 from grpo_ray.config import TrainConfig
 from grpo_ray.prompt_set import PromptSet, build_prompt_set
 from grpo_ray.prompting import AnswerFormat, answer_format, tutorial_chat_template
@@ -30,18 +30,14 @@ from grpo_ray.startup import (
 from grpo_ray.tracking import missing_sinks
 
 
-def check_rewards(config: TrainConfig, fmt: AnswerFormat) -> None:
-    """Every reward function and the eval judge resolve (imported here, in the driver)."""
+def check_judge(config: TrainConfig) -> None:
+    """``eval.judge`` resolves (the reward functions are the trainer's preflight's to check)."""
     from grpo_ray.rewards import RewardResolutionError, resolve
 
-    if not config.reward.functions:
-        suggestion = f" (data.format={fmt.name!r} is scored by {','.join(fmt.reward_functions)})" if fmt.reward_functions else ""
-        raise StartupError(f"reward.functions is empty: name at least one reward function{suggestion}")
-    for knob, spec in [("reward.functions", s) for s in config.reward.functions] + [("eval.judge", config.eval.judge)]:
-        try:
-            resolve(spec)
-        except RewardResolutionError as err:
-            raise StartupError(f"{knob}: {str(err).splitlines()[0]}") from None
+    try:
+        resolve(config.eval.judge)
+    except RewardResolutionError as err:
+        raise StartupError(f"eval.judge: {str(err).splitlines()[0]}") from None
 
 
 def install_chat_template(tokenizer: Any, config: TrainConfig, fmt: AnswerFormat) -> None:
@@ -88,6 +84,7 @@ def prompt_sets(config: TrainConfig, tokenizer: Any, fmt: AnswerFormat, hint: st
 def train(config: TrainConfig, hint: str = "") -> dict[str, Any]:
     """The whole run; raises :class:`StartupError` before anything heavy when the run cannot start."""
     from grpo_ray.modeling import load_tokenizer
+    from grpo_ray.trainer import preflight
 
     started = time.perf_counter()
     out = check_output_dir(config.run.output_dir)
@@ -99,13 +96,17 @@ def train(config: TrainConfig, hint: str = "") -> dict[str, Any]:
         fmt = answer_format(config.data.format)
     except ValueError as err:
         raise StartupError(str(err)) from None
-    check_rewards(config, fmt)
+    check_judge(config)
     converter = find_gguf_converter(config.export) if config.export.gguf else None
     if config.export.gguf and converter is None:
         print(f"warning: {GGUF_MISSING}", flush=True)
     tokenizer = load_tokenizer(config.model)
     install_chat_template(tokenizer, config, fmt)
     train_set, eval_set = prompt_sets(config, tokenizer, fmt, hint)
+    warmup = out / "sft"
+    if config.sft.steps:  # GRPO starts from the warm-up's checkpoint (a resumed run's config says so too)
+        base_model, config = config.model, with_model(config, warmup)
+    preflight(config, train_set.rows, check_model=False)  # rewards, their columns, output-dir reuse, resume
     print(
         f"data: {len(train_set.rows)} training prompts (longest {train_set.longest} tokens; {train_set.dropped} dropped "
         f"as longer than grpo.max_prompt_length={config.grpo.max_prompt_length}), {len(eval_set.rows)} eval questions",
@@ -113,14 +114,14 @@ def train(config: TrainConfig, hint: str = "") -> dict[str, Any]:
     )
     summary: dict[str, Any] = {"train_prompts": len(train_set.rows), "dropped_prompts": train_set.dropped,
                                "eval_questions": len(eval_set.rows)}
-    if config.sft.steps:
+    if config.sft.steps and not (config.run.resume and (warmup / "config.json").is_file()):
         from grpo_ray.sft import supervised_warmup
 
         prompts = [r["prompt"] for r in train_set.rows]
-        checkpoint, summary["sft"] = supervised_warmup(config, tokenizer, prompts, train_set.solutions, out / "sft")
+        sft_config = dataclasses.replace(config, model=base_model)
+        _, summary["sft"] = supervised_warmup(sft_config, tokenizer, prompts, train_set.solutions, warmup)
         print(f"SFT warm-up: loss {summary['sft']['sft/loss_first']:.3f} -> {summary['sft']['sft/loss_last']:.3f}; "
-              f"checkpoint {checkpoint}", flush=True)
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, name_or_path=str(checkpoint)))
+              f"checkpoint {warmup}", flush=True)
     summary |= run_grpo(config, train_set, eval_set)
     summary["exports"] = export_all(config, out, tokenizer, converter)
     summary["plot"] = plot_if_possible(out)
@@ -190,19 +191,15 @@ def report(summary: dict[str, Any], out: Path) -> None:
     print("wrote: " + "; ".join(files), flush=True)
 
 
-def exit_on_startup_error(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; a :class:`StartupError` becomes ``error: <message>`` on stderr and exit status 2."""
-    try:
-        return fn()
-    except StartupError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+def with_model(config: TrainConfig, path: str | Path) -> TrainConfig:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, name_or_path=str(path)))
 
 
-def main(argv: Sequence[str] | None = None, *, base: TrainConfig | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = parse_config(argv, base=base, description=__doc__)
-    return exit_on_startup_error(lambda: train(config))
+    config = parse_config(argv, description=__doc__)
+    with user_errors("python -m grpo_ray train"):
+        return train(config)
 
 
 if __name__ == "__main__":

@@ -4,49 +4,90 @@
         prompts     <- the next unique prompts of the dataset
         rollout     <- rollout workers sample num_generations completions per prompt
         rewards     <- reward workers score every completion with every reward function
+        guards      <- completions with an infinite reward dropped (grpo_ray.guards)
         advantages  <- group-relative advantages (grpo_ray.advantages)
         learner     <- micro-steps of the batch plan, optimizer steps (grpo_ray.loss)
         sync        <- the learner's new weights to every rollout worker
-        log, checkpoint
+        log, checkpoint (between cycles, so checkpoint-N holds exactly N optimizer steps)
 
 Where the actors live (one CPU box, one GPU, many nodes) is decided in grpo_ray.cluster; the
 loop is the same everywhere.
+
+Reliability: the driver owns a :class:`~grpo_ray.trainer_state.TrainerState`, saved with the
+learner's state in atomic checkpoints (grpo_ray.checkpoint) and restored by ``run.resume``. A
+rollout or reward worker that dies is restarted by Ray and its share of the cycle is retried
+(a rollout worker is first re-synced to the current weights); the learner dying, or anything
+else that cannot be retried, stops the run with :class:`TrainingFailed` naming the checkpoint
+to resume from. Ctrl-C or SIGTERM finishes the current cycle, saves a checkpoint, shuts the
+actors down and exits with one line saying how to resume.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from grpo_ray.advantages import combine_rewards, compute_advantages, nanstd
 from grpo_ray.batching import describe_cycle
-from grpo_ray.cli import config_to_dict
+from grpo_ray.checkpoint import (
+    FINAL, TRAINER_STATE, check_resume_compatible, checkpoint_name, existing_run, link_final, read_trainer_state,
+    remove_stale, resolve_resume, rotate, step_checkpoints, write_atomic,
+)
+from grpo_ray.cli import config_from_dict, config_to_dict
 from grpo_ray.cluster import Actors, connect, place_actors
-from grpo_ray.config import TrainConfig
+from grpo_ray.config import ConfigError, ModelConfig, TrainConfig
 from grpo_ray.data import PromptSampler, columns_of
+from grpo_ray.guards import drop_nonfinite_rewards, zero_variance_groups
 from grpo_ray.rollout_batch import RolloutBatch
 from grpo_ray.tracking import MetricsLog, console_line
 from grpo_ray.weight_sync import make_weight_sync
+from grpo_ray.trainer_state import TrainerState
 
 log = logging.getLogger("grpo_ray")
 
 #: ``on_step(step, record) -> extra metrics``: called with step 0 and an empty record before the
-#: first cycle, then after every optimizer step (the rollout workers then hold that cycle's
-#: weights); what it returns joins the step's record (metrics.jsonl, sinks, console line).
+#: first cycle of a fresh run, then after every optimizer step (the rollout workers then hold
+#: that cycle's weights); what it returns joins the step's record (metrics.jsonl, sinks, console).
 StepHook = Callable[[int, dict[str, Any]], "dict[str, Any] | None"]
+
+#: Seconds a dead worker may take to come back (Ray restarts it) before the run gives up.
+WORKER_RESTART_TIMEOUT_S = 300.0
+
+
+class TrainingFailed(RuntimeError):
+    """The run stopped on something it cannot retry; the message names the checkpoint to resume from."""
+
+
+class TrainingInterrupted(SystemExit):
+    """Ctrl-C or SIGTERM: a checkpoint was saved and the actors shut down. A ``SystemExit`` with
+    code 128 + signal, so an uncaught one ends the program without a traceback (the one-line
+    message has already been printed)."""
+
+    def __init__(self, message: str, signum: int, checkpoint: Path):
+        super().__init__(128 + signum)
+        self.message, self.checkpoint = message, checkpoint
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
 class TrainResult:
     optimizer_steps: int
-    history: list[dict[str, Any]]  # one record per optimizer step
+    history: list[dict[str, Any]]  # one record per optimizer step of this session
     output_dir: str
+    checkpoint: str  # the final checkpoint (``<output_dir>/final`` links to it)
 
 
 def _split(items: Sequence[Any], parts: int) -> list[list[Any]]:
@@ -55,37 +96,98 @@ def _split(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def preflight(config: TrainConfig) -> Any:
-    """Fail in the driver, before any actor starts, on what would otherwise fail inside one.
+# -- checks before any work ----------------------------------------------------------------------
 
-    Returns the model's transformers config.
-    """
-    from transformers import AutoConfig
 
+def preflight(
+    config: TrainConfig, rows: Sequence[dict[str, Any]] | None = None, *, check_model: bool = True
+) -> Path | None:
+    """Fail in the driver, before any actor starts or anything is written, on what would fail
+    later: reward names, the columns they need (when ``rows`` are given), the model path
+    (unless ``check_model`` is false, for a recipe that makes its model first) and the output
+    directory. Every error is a :class:`ConfigError` whose message names the knob and the fix.
+    Returns the checkpoint ``run.resume`` names, or None for a fresh run."""
     from grpo_ray.rewards import resolve
+    from grpo_ray.rewards.registry import RewardResolutionError, required_columns
 
     if not config.reward.functions:
-        raise ValueError("reward.functions is empty: name at least one reward function")
+        raise ConfigError("reward.functions is empty: name at least one reward function (--reward.functions NAME)")
+    functions = []
     for spec in config.reward.functions:
-        resolve(spec)  # raises RewardResolutionError naming the entry and the registered names
+        try:
+            functions.append(resolve(spec))
+        except RewardResolutionError as err:
+            raise RewardResolutionError(f"reward.functions: {err}") from None
+    if rows is not None and len(rows):
+        have = set(rows[0])
+        for spec, fn in zip(config.reward.functions, functions):
+            missing = [c for c in required_columns(fn) if c not in have]
+            if missing:
+                raise ConfigError(
+                    f"reward function {spec!r} needs dataset column(s) {missing}, which the training rows lack "
+                    f"(they have {sorted(have)}): add the column, or drop that function from reward.functions"
+                )
     if config.rollout.backend == "vllm":
         from actors.engines.vllm_engine import require_supported_vllm
 
-        require_supported_vllm()
+        try:
+            require_supported_vllm()
+        except RuntimeError as err:
+            raise ConfigError(str(err)) from None
+    if check_model:
+        check_model_path(config.model)
+    return check_output_dir(config)
+
+
+def check_model_path(model: ModelConfig) -> None:
+    """``model.name_or_path`` names a local checkpoint directory, or a hub id that loads."""
+    from transformers import AutoConfig
+
+    name = model.name_or_path
+    flag = f"model.name_or_path={name!r}"
+    if not name:
+        raise ConfigError("model.name_or_path is empty: give a checkpoint directory or hub id (--model.name_or_path PATH)")
+    path = Path(name).expanduser()
+    if not path.exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
+        raise ConfigError(f"{flag}: no such directory; give a checkpoint directory (one with config.json) or a hub id")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(f"{flag}: the directory has no config.json; give the directory save_pretrained wrote")
     try:
-        return AutoConfig.from_pretrained(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
+        AutoConfig.from_pretrained(name, trust_remote_code=model.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ValueError(
-            f"model.name_or_path={config.model.name_or_path!r} is not a loadable checkpoint: {err}"
-        ) from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = "a local directory" if path.is_dir() else "not a local directory, and as a hub id"
+        raise ConfigError(f"{flag} does not load ({where}: {first}); give a checkpoint directory or a reachable hub id") from None
+
+
+def check_output_dir(config: TrainConfig) -> Path | None:
+    """A fresh run needs an output directory without a run in it; a resumed one a checkpoint
+    whose config it matches. Returns the checkpoint to resume from (or None)."""
+    out = Path(config.run.output_dir)
+    if config.run.resume is None:
+        found = existing_run(out)
+        if found:
+            raise ConfigError(
+                f"run.output_dir={str(out)!r} already holds a run ({', '.join(found[:4])}): continue it with "
+                "--run.resume latest, or give a new --run.output_dir (or delete that directory)"
+            )
+        return None
+    path = resolve_resume(config.run.resume, out)
+    check_resume_compatible(config_from_dict(read_trainer_state(path)["config"]), config, path)
+    return path
+
+
+# -- the trainer ---------------------------------------------------------------------------------
 
 
 class GRPOTrainer:
     """Owns the actors of one run; ``run()`` is the loop."""
 
     def __init__(self, config: TrainConfig, train_rows: Sequence[dict[str, Any]]):
+        import ray
+
         self.config = config
-        self.vocab_size = preflight(config).vocab_size
+        resume_from = preflight(config, train_rows)
         self.sampler = PromptSampler(train_rows, seed=config.run.seed)
         b = config.batch
         self.plan = describe_cycle(
@@ -93,107 +195,254 @@ class GRPOTrainer:
             config.grpo.num_generations, b.num_processes, config.grpo.num_iterations,
         )
         print(self.plan.describe(), flush=True)
+        self._owns_ray = not ray.is_initialized()
         connect(config)
         self.actors: Actors = place_actors(config)
-        import ray
-
+        self._closed = False
+        self._stop_signal: int | None = None
+        self._saved_step: int | None = None
+        self.state = TrainerState()
+        self.resumed_from = resume_from
         self.reward_names: list[str] = ray.get(self.actors.reward_workers[0].names.remote())
-        self.weight_sync = make_weight_sync(config, self.actors, self.vocab_size)
+        self.weight_sync = make_weight_sync(config, self.actors)
+        if resume_from is not None:
+            self.state = TrainerState.from_dict(read_trainer_state(resume_from)["state"])
+            self.sampler.load_state(self.state.sampler)
+            version = ray.get(self.actors.learner.load_state.remote(str(resume_from)))
+            if version != self.state.step:
+                raise TrainingFailed(f"{resume_from} is inconsistent: learner at version {version}, trainer at step {self.state.step}")
+            self._saved_step = self.state.step
+            log.info("resuming from %s at step %d", resume_from, self.state.step)
         self.version = self.sync_weights()
 
     # -- the stages ------------------------------------------------------------------------------
 
     def generate(self, prompts: list[Any], *, num_generations: int, seed: int, greedy: bool = False) -> RolloutBatch:
-        """Split whole prompts (so groups stay together) across rollout workers; stack the results."""
-        import ray
+        """Split whole prompts (so groups stay together) across rollout workers; stack the results.
 
+        A worker that died, or answers with other weights than the current ones (it restarted
+        between calls), is re-synced and asked again with the same seed."""
         workers = self.actors.rollout_workers
         shares = _split(prompts, len(workers))
-        futures = [
-            w.generate.remote(share, num_generations=num_generations, seed=seed, greedy=greedy)
-            for w, share in zip(workers, shares)
-        ]
-        return RolloutBatch.concat(ray.get(futures))
+        parts = self._gather(
+            "rollout",
+            workers[: len(shares)],
+            lambda i, w: w.generate.remote(shares[i], num_generations=num_generations, seed=seed, greedy=greedy),
+            valid=lambda part: part.weight_version == self.version,
+            recover=self._resync,
+        )
+        return RolloutBatch.concat(parts)
 
     def score(self, rows: list[dict[str, Any]], batch: RolloutBatch) -> torch.Tensor:
-        """``[N, R]`` rewards; rows of completions are split across reward workers."""
-        import ray
-
+        """``[N, R]`` rewards; whole groups of completions are split across reward workers."""
         g = len(batch) // len(rows)
         prompts = [row["prompt"] for row in rows for _ in range(g)]
         columns = columns_of(rows, g)
-        workers = self.actors.reward_workers
-        spans = _split(range(len(batch)), len(workers))
-        futures = [
-            w.score.remote(
-                prompts[s[0] : s[-1] + 1],
-                batch.completions[s[0] : s[-1] + 1],
-                {k: v[s[0] : s[-1] + 1] for k, v in columns.items()},
-            )
-            for w, s in zip(workers, spans)
-        ]
-        scores = [row for part in ray.get(futures) for row in part]
+        groups = _split(range(len(rows)), len(self.actors.reward_workers))
+        spans = [(gs[0] * g, (gs[-1] + 1) * g) for gs in groups]
+
+        def submit(i: int, worker: Any) -> Any:
+            lo, hi = spans[i]
+            part = {k: v[lo:hi] for k, v in columns.items()}
+            return worker.score.remote(prompts[lo:hi], batch.completions[lo:hi], part, group_size=g)
+
+        parts = self._gather("reward", self.actors.reward_workers[: len(spans)], submit)
+        scores = [row for part in parts for row in part]
         return torch.tensor(scores, dtype=torch.float32).reshape(len(batch), len(self.reward_names))
 
     def sync_weights(self) -> int:
         """Make every rollout worker hold the learner's weights (checked); returns that version."""
         return self.weight_sync.push()
 
+    def _resync(self, worker: Any) -> None:
+        """Give one (restarted) rollout worker the current weights before it serves again."""
+        import ray
+
+        version, weights = ray.get(self.actors.learner.weights.remote())
+        if version != self.version:
+            raise TrainingFailed(f"cannot re-sync a rollout worker: learner at {version}, the run at {self.version}")
+        ray.get(worker.update_weights.remote(weights, version))
+
+    def _gather(
+        self,
+        kind: str,
+        workers: list[Any],
+        submit: Callable[[int, Any], Any],
+        *,
+        valid: Callable[[Any], bool] | None = None,
+        recover: Callable[[Any], None] | None = None,
+    ) -> list[Any]:
+        """``ray.get`` of ``submit(i, worker)`` for each worker, surviving worker deaths.
+
+        A worker that died (Ray restarts it, up to ``run.max_worker_restarts`` times) or whose
+        answer fails ``valid`` gets ``recover(worker)`` once it is back, and its call again.
+        Exceptions raised inside a worker's code are not retried."""
+        import ray
+
+        futures = [submit(i, w) for i, w in enumerate(workers)]
+        results = []
+        limit = self.config.run.max_worker_restarts
+        for i, worker in enumerate(workers):
+            failures = 0
+            while True:
+                try:
+                    if failures:
+                        self._wait_alive(kind, i, worker)
+                        if recover is not None:
+                            recover(worker)
+                        futures[i] = submit(i, worker)
+                    result = ray.get(futures[i])
+                    if valid is None or valid(result):
+                        break
+                    reason = "answered from a restarted process"
+                except ray.exceptions.RayActorError as err:
+                    reason = f"died ({type(err).__name__})"
+                failures += 1
+                self.state.worker_restarts += 1
+                if failures > limit:
+                    raise TrainingFailed(
+                        f"{kind} worker {i} {reason} and has failed {failures} times in one call "
+                        f"(run.max_worker_restarts={limit}). {self._resume_hint()}"
+                    )
+                log.warning("%s worker %d %s: retrying its share once it is back (%d/%d)", kind, i, reason, failures, limit)
+            results.append(result)
+        return results
+
+    def _wait_alive(self, kind: str, index: int, worker: Any) -> None:
+        import ray
+
+        deadline = time.monotonic() + WORKER_RESTART_TIMEOUT_S
+        while True:
+            try:
+                ray.get(worker.__ray_ready__.remote())
+                return
+            except ray.exceptions.ActorUnavailableError:  # restarting
+                if time.monotonic() > deadline:
+                    raise TrainingFailed(
+                        f"{kind} worker {index} did not come back within {WORKER_RESTART_TIMEOUT_S:.0f}s. {self._resume_hint()}"
+                    ) from None
+                time.sleep(0.2)
+
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self, on_step: StepHook | None = None) -> TrainResult:
-        import ray
+        from ray.exceptions import RayActorError, RayTaskError
         from tqdm import tqdm
 
         c = self.config
-        metrics_log = MetricsLog(c.run.output_dir, c.run.report_to, config_to_dict(c))
+        s = self.state
+        out = Path(c.run.output_dir)
+        for name in remove_stale(out):
+            log.warning("removed %s, left by a save that was killed", out / name)
+        if self.resumed_from is not None:
+            self._drop_later_checkpoints(out)
+        metrics_log = MetricsLog(
+            str(out), c.run.report_to, config_to_dict(c), resume_step=s.step if self.resumed_from is not None else None
+        )
         history: list[dict[str, Any]] = []
-        steps = 0
-        bar = tqdm(total=c.run.max_steps, desc="GRPO", unit="step", dynamic_ncols=True)
-        cycle = 0
+        bar = tqdm(total=c.run.max_steps, initial=s.step, desc="GRPO", unit="step", dynamic_ncols=True)
         try:
-            initial = on_step(0, {}) if on_step else None
-            if initial:
-                metrics_log.write(0, initial)
-                bar.write(console_line(0, initial))
-            while steps < c.run.max_steps:
-                started = time.perf_counter()
-                rows = self.sampler.next(self.plan.unique_prompts)
-                batch = self.generate([r["prompt"] for r in rows], num_generations=c.grpo.num_generations, seed=c.run.seed + cycle)
-                batch.rewards = self.score(rows, batch)
-                batch.advantages = compute_advantages(
-                    batch.rewards, c.grpo.num_generations, c.grpo.reward_weights, c.grpo.scale_rewards
-                )
-                step_metrics = ray.get(self.actors.learner.train_generation.remote(batch, cycle))
-                self.version = self.sync_weights()
-                summary = self.rollout_metrics(batch) | self.weight_sync.timings
-                summary["time/cycle_s"] = time.perf_counter() - started
-                for m in step_metrics:
-                    if m.get("partial_window"):
-                        continue
-                    steps += 1
-                    record = summary | m
-                    if on_step:
-                        record |= on_step(steps, record) or {}
-                    history.append(record)
-                    if steps % c.run.logging_steps == 0:
-                        metrics_log.write(steps, record)
-                        bar.write(console_line(steps, record))
-                    bar.update(1)
-                    if c.run.save_steps and steps % c.run.save_steps == 0:
-                        self.save(f"checkpoint-{steps}")
-                    if steps >= c.run.max_steps:
-                        break
-                cycle += 1
-            self.save("final")
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d: saving what was learned so far", steps)
-            self.save(f"interrupted-{steps}")
-            raise
+            with self._catching_signals():
+                try:
+                    initial = on_step(0, {}) if on_step and s.step == 0 else None
+                    if initial:
+                        metrics_log.write(0, initial)
+                        bar.write(console_line(0, initial))
+                    while s.step < c.run.max_steps:
+                        self._cycle_logged(metrics_log, bar, history, on_step)
+                        if self._stop_signal is not None:
+                            self._interrupt(bar)
+                    final = self.checkpoint()
+                except RayActorError as err:
+                    raise TrainingFailed(
+                        f"an actor died after step {s.step} ({type(err).__name__}; the learner is not restarted: "
+                        f"its state lives only in checkpoints). {self._resume_hint()}"
+                    ) from err
+                except RayTaskError as err:
+                    raise TrainingFailed(
+                        f"an actor failed after step {s.step}: {type(err.cause).__name__}: {err.cause}. "
+                        f"{self._resume_hint()}"
+                    ) from err
+            link_final(out, final.name)
         finally:
             bar.close()
             metrics_log.close()
-        return TrainResult(optimizer_steps=steps, history=history, output_dir=c.run.output_dir)
+        return TrainResult(optimizer_steps=s.step, history=history, output_dir=str(out), checkpoint=str(final))
+
+    def _cycle_logged(
+        self, metrics_log: MetricsLog, bar: Any, history: list[dict[str, Any]], on_step: StepHook | None = None
+    ) -> None:
+        """One cycle, then its records logged, the skip guard and the periodic checkpoint."""
+        c, s = self.config, self.state
+        before = s.step
+        for record in self._cycle():
+            step = int(record["step"])
+            if on_step:
+                record |= on_step(step, record) or {}
+            history.append(record)
+            if step % c.run.logging_steps == 0:
+                metrics_log.write(step, record)
+                bar.write(console_line(step, record))
+            bar.update(1)
+        if s.consecutive_skips >= c.run.max_consecutive_skips:
+            path = self.checkpoint()
+            raise TrainingFailed(
+                f"{s.consecutive_skips} optimizer steps in a row were skipped for a non-finite loss or gradient "
+                f"('skipped' in metrics.jsonl; run.max_consecutive_skips={c.run.max_consecutive_skips}); stopped at "
+                f"step {s.step} with checkpoint {path}. Check the reward scale and optim.learning_rate before resuming"
+            )
+        if c.run.save_steps and s.step // c.run.save_steps > before // c.run.save_steps:
+            self.checkpoint()
+
+    def _cycle(self) -> list[dict[str, Any]]:
+        """One generation cycle; returns one record per optimizer step taken (state updated)."""
+        import ray
+
+        c, s = self.config, self.state
+        g = c.grpo.num_generations
+        started = time.perf_counter()
+        rows = self.sampler.next(self.plan.unique_prompts)
+        batch = self.generate([r["prompt"] for r in rows], num_generations=g, seed=c.run.seed + s.cycle)
+        raw = self.score(rows, batch)
+        batch.rewards, dropped = drop_nonfinite_rewards(raw)
+        if dropped.any():
+            culprits = [n for n, bad in zip(self.reward_names, torch.isinf(raw).any(0).tolist()) if bad]
+            log.warning("dropped %d completion(s) with an infinite reward from %s", int(dropped.sum()), culprits)
+        flat = zero_variance_groups(combine_rewards(batch.rewards, c.grpo.reward_weights), g)
+        batch.advantages = compute_advantages(batch.rewards, g, c.grpo.reward_weights, c.grpo.scale_rewards)
+        summary = self.rollout_metrics(batch) | {
+            "dropped_samples": float(dropped.sum()),
+            "frac_reward_zero_std": float(flat.float().mean()),
+        }
+        batch.completion_mask = batch.completion_mask.masked_fill(dropped.unsqueeze(1), 0)  # out of the loss
+        step_metrics = ray.get(
+            self.actors.learner.train_generation.remote(batch, s.cycle, max_steps=c.run.max_steps - s.step)
+        )
+        self.version = self.sync_weights()
+        summary.update(self.weight_sync.timings)
+        s.cycle += 1
+        s.dropped_samples += int(dropped.sum())
+        s.zero_variance_groups += int(flat.sum())
+        summary["time/cycle_s"] = time.perf_counter() - started
+        records = []
+        for m in step_metrics:
+            if m.get("partial_window"):
+                continue
+            s.step += 1
+            skipped = m.get("skipped") == 1.0
+            s.skipped_steps += skipped
+            s.consecutive_skips = s.consecutive_skips + 1 if skipped else 0
+            records.append(summary | m | {
+                "step": s.step,
+                "total/skipped_steps": s.skipped_steps,
+                "total/dropped_samples": s.dropped_samples,
+                "total/zero_variance_groups": s.zero_variance_groups,
+                "total/worker_restarts": s.worker_restarts,
+            })
+        if self.version != s.step:
+            raise TrainingFailed(f"step count out of step: {s.step} optimizer steps counted, learner at version {self.version}")
+        s.weight_version = self.version
+        return records
 
     def rollout_metrics(self, batch: RolloutBatch) -> dict[str, float]:
         """Reward, per-function reward, completion length and truncation of one generation batch."""
@@ -212,18 +461,104 @@ class GRPOTrainer:
             out[f"rewards/{name}_std"] = float(torch.nan_to_num(nanstd(batch.rewards[:, i])))
         return out | {k: float(v) for k, v in batch.meta.items()}
 
-    def save(self, name: str) -> str:
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def checkpoint(self) -> Path:
+        """Save ``checkpoint-<step>`` atomically (learner state, trainer state, config), then
+        rotate; a second call at the same step returns the same checkpoint."""
         import ray
 
-        path = str(Path(self.config.run.output_dir) / name)
-        ray.get(self.actors.learner.save.remote(path))
+        c, s = self.config, self.state
+        out = Path(c.run.output_dir)
+        name = checkpoint_name(s.step)
+        if self._saved_step == s.step and (out / name / TRAINER_STATE).is_file():
+            return out / name
+        s.sampler = self.sampler.state()
+        s.weight_version = self.version
+        payload = {"state": s.to_dict(), "config": config_to_dict(c)}
+
+        def fill(tmp: Path) -> None:
+            ray.get(self.actors.learner.save_state.remote(str(tmp)))
+            (tmp / TRAINER_STATE).write_text(json.dumps(payload, indent=1))
+
+        path = write_atomic(out, name, fill)
+        self._saved_step = s.step
+        for old in rotate(out, c.run.keep_last_n):
+            log.info("removed %s (run.keep_last_n=%d)", old, c.run.keep_last_n)
         log.info("saved %s", path)
         return path
 
+    def _drop_later_checkpoints(self, out: Path) -> None:
+        """A resumed run redoes the steps after its checkpoint: older saves of those steps go."""
+        import shutil
+
+        for step, path in step_checkpoints(out):
+            if step > self.state.step:
+                log.warning("removing %s: the run resumes at step %d and redoes it", path, self.state.step)
+                shutil.rmtree(path)
+        if (out / FINAL).is_symlink():
+            (out / FINAL).unlink()
+
+    def _resume_hint(self) -> str:
+        found = step_checkpoints(Path(self.config.run.output_dir))
+        if not found:
+            return "No checkpoint was saved (run.save_steps sets how often one is)"
+        step, path = found[-1]
+        return f"The last checkpoint is {path} (step {step}): resume with --run.resume latest"
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _catching_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM set a flag that the loop reads between cycles (a second one stops at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt  # asked twice: stop now, without a checkpoint
+        self._stop_signal = signum
+        log.warning(
+            "%s: finishing this generation cycle, then saving a checkpoint (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def _interrupt(self, bar: Any) -> None:
+        """Save, shut the actors down, print one line and exit (TrainingInterrupted)."""
+        signum = self._stop_signal
+        assert signum is not None
+        path = self.checkpoint()
+        self.shutdown()
+        bar.close()
+        message = (
+            f"{signal.Signals(signum).name}: stopped at step {self.state.step}/{self.config.run.max_steps}; "
+            f"checkpoint {path}; resume with --run.resume latest (or --run.resume {path})"
+        )
+        print(message, file=sys.stderr, flush=True)
+        raise TrainingInterrupted(message, signum, path)
+
+    # -- the end ---------------------------------------------------------------------------------
+
     def shutdown(self) -> None:
+        """Stop every actor (and the local Ray cluster if this trainer started it); idempotent."""
         import ray
 
-        ray.get([w.close.remote() for w in self.actors.reward_workers])
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            ray.get([w.close.remote() for w in self.actors.reward_workers], timeout=30)
+        except (ray.exceptions.RayError, TimeoutError) as err:
+            log.warning("a reward worker did not close cleanly: %s", err)
         for handle in self.actors.unique():
             ray.kill(handle)
         ray.util.remove_placement_group(self.actors.placement_group)
+        if self._owns_ray:
+            ray.shutdown()

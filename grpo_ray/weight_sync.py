@@ -48,7 +48,10 @@ class WeightSync:
         self.config = config
         self.learner = learner
         self.rollout_workers = rollout_workers
-        self.probe = probe_tokens(vocab_size)
+        g = config.grpo
+        # the probe must fit the engine's context (vLLM's max_model_len = prompt + completion budget)
+        fits = (g.max_prompt_length or PROBE_LENGTH) + g.max_completion_length - 1
+        self.probe = probe_tokens(vocab_size, length=max(2, min(PROBE_LENGTH, fits)))
         self.tolerance = sync_tolerance(config)
         self.timings: dict[str, float] = {}
 
@@ -106,6 +109,11 @@ class InProcessSync(WeightSync):
         return ray.get(self.learner.sync_weights.remote())
 
 
-def make_weight_sync(config: TrainConfig, actors: Any, vocab_size: int) -> WeightSync:
+def make_weight_sync(config: TrainConfig, actors: Any) -> WeightSync:
+    """The sync the placement calls for, probing within the model's vocabulary."""
+    from transformers import AutoConfig
+
+    m = config.model
+    vocab_size = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code).vocab_size
     cls = InProcessSync if actors.colocated else ObjectStoreSync
     return cls(config, actors.learner, actors.rollout_workers, vocab_size)

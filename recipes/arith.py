@@ -21,13 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from grpo_ray.cli import parse_config
+from grpo_ray.cli import parse_config, user_errors
 from grpo_ray.config import (
     BatchConfig, DataConfig, EvalConfig, ExportConfig, GenerationConfig, GRPOConfig, LoraConfig, ModelConfig,
     OptimConfig, RewardConfig, RolloutConfig, RunConfig, SFTConfig, TrainConfig,
 )
 from grpo_ray.startup import check_output_dir
-from grpo_ray.train import exit_on_startup_error, train
+from grpo_ray.train import train, with_model
 from recipes.tiny_model import build_char_tokenizer, build_tiny_model, save_checkpoint
 
 ALPHABET = "0123456789+="
@@ -78,19 +78,21 @@ def write_problems(path: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = parse_config(argv, base=DEFAULTS, description=__doc__)
-
-    def run() -> dict[str, Any]:
+    with user_errors("python -m recipes.arith"):
         out = check_output_dir(config.run.output_dir)
-        data, model = config.data, config.model
-        if not data.dataset:
-            data = dataclasses.replace(data, dataset=str(write_problems(out / "problems")))
-        if not model.name_or_path:
-            tokenizer = build_char_tokenizer(ALPHABET)
-            tiny = build_tiny_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, max_positions=32, seed=config.run.seed)
-            model = dataclasses.replace(model, name_or_path=str(save_checkpoint(tiny, tokenizer, out / "tiny-model")))
-        return train(dataclasses.replace(config, data=data, model=model))
-
-    return exit_on_startup_error(run)
+        if not config.data.dataset:  # the problems and the tiny model are made once per output directory
+            problems = out / "problems"
+            if not (problems / "test.jsonl").is_file():
+                write_problems(problems)
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=str(problems)))
+        if not config.model.name_or_path:
+            path = out / "tiny-model"
+            if not (path / "config.json").is_file():
+                tokenizer = build_char_tokenizer(ALPHABET)
+                tiny = build_tiny_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, max_positions=32, seed=config.run.seed)
+                save_checkpoint(tiny, tokenizer, path)
+            config = with_model(config, path)
+        return train(config)
 
 
 if __name__ == "__main__":

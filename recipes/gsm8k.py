@@ -25,14 +25,14 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from grpo_ray.cli import parse_config
+from grpo_ray.cli import parse_config, user_errors
 from grpo_ray.config import (
     BatchConfig, DataConfig, EvalConfig, ExportConfig, GenerationConfig, GRPOConfig, LoraConfig, ModelConfig,
     OptimConfig, RewardConfig, RunConfig, SFTConfig, TrainConfig,
 )
 from grpo_ray.prompting import answer_format
 from grpo_ray.startup import check_output_dir
-from grpo_ray.train import exit_on_startup_error, train
+from grpo_ray.train import train, with_model
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "gsm8k_sample"
 HINT = ", or run the whole pipeline on CPU with --tiny"
@@ -107,17 +107,14 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, TrainConfig]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args, config = parse(list(sys.argv[1:] if argv is None else argv))
-
-    def run() -> dict[str, Any]:
-        nonlocal config
+    with user_errors("python -m recipes.gsm8k"):
         if args.tiny and not config.model.name_or_path:
-            out = check_output_dir(config.run.output_dir)
-            print(f"--tiny: building a random-weight {args.tiny} model and a BPE tokenizer in {out / 'tiny-model'}", flush=True)
-            path = build_tiny_checkpoint(out / "tiny-model", args.tiny, config.run.seed)
-            config = dataclasses.replace(config, model=dataclasses.replace(config.model, name_or_path=str(path)))
+            path = check_output_dir(config.run.output_dir) / "tiny-model"
+            if not (path / "config.json").is_file():  # made once per output directory (a resumed run reuses it)
+                print(f"--tiny: building a random-weight {args.tiny} model and a BPE tokenizer in {path}", flush=True)
+                build_tiny_checkpoint(path, args.tiny, config.run.seed)
+            config = with_model(config, path)
         return train(config, hint=HINT)
-
-    return exit_on_startup_error(run)
 
 
 if __name__ == "__main__":

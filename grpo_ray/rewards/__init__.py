@@ -4,6 +4,7 @@ Ray-free: :class:`~grpo_ray.rewards.remote.ActorReward` imports Ray only when ca
 """
 
 from grpo_ray.rewards.registry import (
+    RewardContractError,
     RewardResolutionError,
     completion_text,
     register,
@@ -11,4 +12,6 @@ from grpo_ray.rewards.registry import (
     resolve,
 )
 
-__all__ = ["RewardResolutionError", "completion_text", "register", "registered_names", "resolve"]
+__all__ = [
+    "RewardContractError", "RewardResolutionError", "completion_text", "register", "registered_names", "resolve",
+]

@@ -2,7 +2,8 @@
 
 Receives the reward specs, resolves them and answers ``("ready", None)`` (or
 ``("error", message)``), then serves ``(index, prompts, completions, columns)`` requests with
-``("ok", scores)`` or ``("error", traceback)`` until its input closes. A plain interpreter
+``("ok", scores)``, ``("contract", message)`` (the function returned something other than one
+number per completion) or ``("error", traceback)`` (it raised) until its input closes. A plain interpreter
 rather than a multiprocessing child, so that it imports nothing of its parent's ``__main__``
 (a Ray worker's, say) and may itself start processes. It exits when its parent dies.
 """
@@ -20,13 +21,15 @@ import traceback
 from multiprocessing.connection import Connection
 from numbers import Real
 
+from grpo_ray.rewards.registry import RewardContractError
+
 
 def validate_scores(scores, n: int) -> list[float]:
-    """``scores`` as n floats, None -> NaN; raises TypeError/ValueError naming what is wrong."""
+    """``scores`` as n floats, None -> NaN; raises :class:`RewardContractError` naming what is wrong."""
     if inspect.isawaitable(scores) or not hasattr(scores, "__len__") or isinstance(scores, (str, bytes, dict)):
-        raise TypeError(f"a reward function must return a list of floats, got {type(scores).__name__}")
+        raise RewardContractError(f"returned a {type(scores).__name__}, not a list of floats")
     if len(scores) != n:
-        raise ValueError(f"returned {len(scores)} scores for {n} completions")
+        raise RewardContractError(f"returned {len(scores)} scores for {n} completions")
     out = []
     for s in scores:
         if s is None:
@@ -34,7 +37,7 @@ def validate_scores(scores, n: int) -> list[float]:
         elif isinstance(s, Real) and not isinstance(s, bool):
             out.append(float(s))
         else:
-            raise TypeError(f"score {s!r} is not a number or None")
+            raise RewardContractError(f"returned the score {s!r}, which is not a number or None")
     return out
 
 
@@ -75,6 +78,8 @@ def main() -> None:
             return
         try:
             outbox.send(("ok", call_reward(functions[index], prompts, completions, columns)))
+        except RewardContractError as exc:
+            outbox.send(("contract", str(exc)))
         except Exception:  # noqa: BLE001 - any failure of user code becomes a penalty upstream
             outbox.send(("error", traceback.format_exc(limit=-3)))
 

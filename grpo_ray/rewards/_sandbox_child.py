@@ -14,7 +14,10 @@ read-only, mounts a size-capped tmpfs on /tmp (bound to /var/tmp, /dev/shm and /
 a fresh /proc. (When the caller is root and the interpreter lives where nobody cannot
 reach it, e.g. under /root, A first mounts a tmpfs over the blocking directory in a mount
 namespace of its own and binds the interpreter's directories back.) C then drops all
-capabilities and sets no_new_privs before running the code.
+capabilities and becomes a minimal init: it forks the process G that runs the code, reaps
+whatever is orphaned to it, and when G ends reports G's wait status to A and exits. The code
+is therefore not PID 1, where the kernel drops every signal it has no handler for (a program
+that killed itself, or got SIGTERM, would have run on and reported success).
 
 ``rlimits`` mode (fallback): A becomes a child subreaper so that every descendant, even one
 that double-forked or called setsid, is re-parented to A and killed at the end; C drops root
@@ -177,8 +180,9 @@ def set_limits(spec):
         resource.setrlimit(res, (value, value))
 
 
-def child(spec, hidden, go_r, ready_w):
-    """C: finish isolating, then run the code as __main__ (never returns)."""
+def child(spec, hidden, go_r, ready_w, exit_w):
+    """C: finish isolating, then run the code as __main__ (rlimits) or under init (namespaces);
+    never returns."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.setsid()  # out of A's process group, or kill(0, ...) from the code would reach A
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
@@ -207,6 +211,34 @@ def child(spec, hidden, go_r, ready_w):
             check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")  # keep /proc/self/fd usable
             sys.path[:] = [aliased_path(p, hidden) for p in sys.path]
             spec["site_paths"] = [aliased_path(p, hidden) for p in spec["site_paths"]]
+    except Exception as exc:  # reported to A as a setup failure, never as the code's result
+        os.write(ready_w, f"{type(exc).__name__}: {exc}".encode())
+        os._exit(126)
+    path = os.path.join(workdir, "main.py")
+    if spec["isolation"] == "namespaces":
+        init(spec, path, ready_w, exit_w)
+    start_code(spec, hidden, path, ready_w)
+
+
+def init(spec, path, ready_w, exit_w):
+    """C as PID 1 of the PID namespace: fork G to run the code, reap every process orphaned to
+    C, and when G ends write its wait status and CPU time to ``exit_w`` and exit (the kernel
+    then kills whatever G left running)."""
+    pid = os.fork()
+    if pid == 0:
+        os.close(exit_w)
+        start_code(spec, {}, path, ready_w)
+    os.close(ready_w)
+    while True:
+        done, wait_status, usage = os.wait4(-1, 0)
+        if done == pid:
+            os.write(exit_w, marshal.dumps({"wait_status": wait_status, "cpu": usage.ru_utime + usage.ru_stime}))
+            os._exit(0)
+
+
+def start_code(spec, hidden, path, ready_w):
+    """The process that runs the code: limits, no_new_privs, no inherited descriptors, then the code."""
+    try:
         set_limits(spec)
         check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
@@ -216,7 +248,7 @@ def child(spec, hidden, go_r, ready_w):
     keep = sorted(hidden.values()) if spec["isolation"] == "rlimits" else []
     for low, high in zip([3] + [fd + 1 for fd in keep], keep + [4096]):
         os.closerange(low, high)
-    run_code(spec, os.path.join(workdir, "main.py"))
+    run_code(spec, path)
 
 
 def run_code(spec, path):
@@ -305,6 +337,7 @@ def launch(status_fd):
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
         go_r, go_w = os.pipe()
         ready_r, ready_w = os.pipe()
+        exit_r, exit_w = os.pipe()
         pid = os.fork()
     except Exception as exc:  # noqa: BLE001 - any failure here is the sandbox's, reported as such
         report(status="setup_error", error=f"{type(exc).__name__}: {exc}")
@@ -312,9 +345,11 @@ def launch(status_fd):
         os.close(status_fd)
         os.close(go_w)
         os.close(ready_r)
-        child(spec, hidden, go_r, ready_w)
+        os.close(exit_r)
+        child(spec, hidden, go_r, ready_w, exit_w)
     os.close(go_r)
     os.close(ready_w)
+    os.close(exit_w)
     outcome = None
     try:
         setup_error = b"".join(iter(lambda: os.read(ready_r, 4096), b""))
@@ -331,10 +366,14 @@ def launch(status_fd):
     if outcome is not None:
         os.kill(pid, signal.SIGKILL)
     _, wait_status, usage = os.wait4(pid, 0)
+    cpu = usage.ru_utime + usage.ru_stime
     if spec["isolation"] == "rlimits":
         kill_descendants()
+    code_exit = b"".join(iter(lambda: os.read(exit_r, 4096), b""))  # from init: how G, the code, ended
+    if code_exit:
+        ended = marshal.loads(code_exit)
+        wait_status, cpu = ended["wait_status"], ended["cpu"]
     if outcome is None and os.WIFSIGNALED(wait_status):
-        cpu = usage.ru_utime + usage.ru_stime
         outcome = "timeout" if cpu >= int(spec["timeout_s"]) + 1 - 0.05 else "killed"
     code = os.waitstatus_to_exitcode(wait_status)
     report(status=outcome or ("ok" if code == 0 else "error"), returncode=code)

@@ -1,30 +1,28 @@
 """Math answer verification: pull the final answer out of a completion and compare it to gold.
 
-Pure string and :class:`fractions.Fraction` arithmetic: no ``eval``, no sympy, no LaTeX
-parser, so every call is bounded by the (capped) input length and runs in microseconds. It
-aims at the verdicts of HuggingFace's ``math-verify`` on GSM8K/MATH-style answers (numbers,
-fractions, percentages, units, LaTeX wrappers, tuples); it does not prove symbolic
-equivalence (``\\sqrt{8}`` vs ``2\\sqrt{2}`` is unequal here). The agreement measured on a
-case table is in ``tests/grpo_ray/rewards/test_math.py``.
+No ``eval``, no sympy: strings, :class:`fractions.Fraction` and a small bounded arithmetic
+parser (:mod:`grpo_ray.rewards.math_expr`), so every call is bounded by the (capped) input
+length. It aims at the verdicts of HuggingFace's ``math-verify`` on GSM8K/MATH-style answers:
+numbers (exact for integers and fractions, to 6 decimals where a decimal is written),
+arithmetic and LaTeX forms of one value (``2+3`` = ``5``, ``\\frac{\\sqrt{2}}{2}`` =
+``\\sqrt{2}/2``), percentages, units, wrappers (``\\boxed{}``, ``$...$``, braces), tuples and
+intervals (ordered) and sets (any order). It does no algebra on variables (``x+1`` vs ``1+x``
+is unequal here). The agreement with math-verify, measured on a corpus, is in
+``tests/grpo_ray/rewards/test_math.py``.
 """
 
 from __future__ import annotations
 
 import re
 from fractions import Fraction
-from math import isqrt
 
+from grpo_ray.rewards.math_expr import evaluate, same_value, scaled
 from grpo_ray.rewards.registry import completion_text, register
 
 #: Longer answers are compared as plain strings only.
 MAX_ANSWER_CHARS = 2_000
-#: Numbers with more digits, or a larger decimal exponent, are not converted to Fraction.
-_MAX_DIGITS = 400
-_MAX_EXPONENT = 400
-#: Two numeric answers are equal when they agree to this many decimals (math-verify's
-#: ``float_rounding`` default) or within this relative tolerance.
-ROUND_DIGITS = 6
-REL_TOL = 1e-6
+#: Tuples and sets with more items are not compared item by item.
+_MAX_ITEMS = 50
 
 _HASH = re.compile(r"####\s*([^\n]*)")
 _SOLUTION = re.compile(r"<SOLUTION>(.*?)</SOLUTION>", re.DOTALL)
@@ -124,15 +122,12 @@ def _unwrap(text: str) -> str:
 def normalize(answer: str) -> tuple[str, bool]:
     """A canonical string for ``answer`` and whether it carried a percent sign."""
     s = answer.strip().replace("\u2212", "-").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
-    if s.startswith("\\boxed{") and s.endswith("}"):
-        s = s[len("\\boxed{") : -1]
-    s = _unwrap(s)
+    s = _unwrap(_strip_wrappers(s))
     s = _SPACING.sub("", s).replace("{,}", ",")
     s = _DEGREES.sub("", s)
     percent = _PERCENT.search(s) is not None
     s = _PERCENT.sub("", s)
-    s = _CURRENCY.sub("", s).strip()
+    s = _strip_wrappers(_CURRENCY.sub("", s))
     s = _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
     if (m := _UNIT_TAIL.match(s)) is not None:
         s = m.group(1)
@@ -146,52 +141,31 @@ def normalize(answer: str) -> tuple[str, bool]:
     return s, percent
 
 
-_DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE]([-+]?\d+))?")
-_SLASH = re.compile(r"([-+]?[\d.]+)/([-+]?[\d.]+)")
-_FRAC = re.compile(r"(-?)\\frac\{([-+]?[\d.]+)\}\{([-+]?[\d.]+)\}")
-_SCI = re.compile(r"([-+]?[\d.]+)(?:\\times|\\cdot|\*)10\^\{?([-+]?\d+)\}?")
-_POWER = re.compile(r"(-?)(\d+)\^\{?(\d+)\}?")  # -2^2 is -(2^2)
-_SQRT = re.compile(r"\\sqrt\{(\d+)\}")
+def _strip_wrappers(s: str) -> str:
+    """Peel ``$...$``, ``\\(...\\)``, ``\\[...\\]``, ``\\boxed{...}``/``\\fbox{...}`` and a bare
+    ``{...}`` (one group, no top-level comma) off the whole answer, as often as they nest."""
+    while True:
+        s = s.strip()
+        before = s
+        for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+            if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+                s = s[len(left) : -len(right)]
+                break
+        else:
+            for head in ("\\boxed", "\\fbox", ""):
+                if s.startswith(head + "{") and _braced(s, len(head)) == s[len(head) + 1 : -1]:
+                    inner = s[len(head) + 1 : -1]
+                    if head or _split_items(inner) is None:
+                        s = inner
+                    break
+        if s == before:
+            return s
 
 
-def to_number(s: str) -> Fraction | None:
-    """The exact value of a normalised numeric answer, or None: a decimal, a/b, \\frac{a}{b},
-    a\\times10^{b}, an integer power n^k, or the square root of a perfect square."""
-    if len(s) > _MAX_DIGITS:
-        return None
-    if m := _DECIMAL.fullmatch(s):
-        if m.group(1) is not None and abs(int(m.group(1))) > _MAX_EXPONENT:
-            return None
-        return Fraction(s)
-    if m := _SLASH.fullmatch(s) or _FRAC.fullmatch(s):
-        sign = -1 if m.re is _FRAC and m.group(1) else 1
-        num, den = (m.group(1), m.group(2)) if m.re is _SLASH else (m.group(2), m.group(3))
-        if not (_DECIMAL.fullmatch(num) and _DECIMAL.fullmatch(den)) or Fraction(den) == 0:
-            return None
-        return sign * Fraction(num) / Fraction(den)
-    if (m := _SCI.fullmatch(s)) and _DECIMAL.fullmatch(m.group(1)) and abs(int(m.group(2))) <= _MAX_EXPONENT:
-        return Fraction(m.group(1)) * Fraction(10) ** int(m.group(2))
-    if (m := _POWER.fullmatch(s)) and len(m.group(2)) * int(m.group(3)) <= _MAX_DIGITS:
-        return (-1 if m.group(1) else 1) * Fraction(int(m.group(2)) ** int(m.group(3)))
-    if (m := _SQRT.fullmatch(s)) and isqrt(int(m.group(1))) ** 2 == int(m.group(1)):
-        return Fraction(isqrt(int(m.group(1))))
-    return None
-
-
-def _close(a: Fraction, b: Fraction) -> bool:
-    """Equal, equal to ``ROUND_DIGITS`` decimals (as math-verify rounds), or within ``REL_TOL``."""
-    if a == b or round(a, ROUND_DIGITS) == round(b, ROUND_DIGITS):
-        return True
-    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
-
-
-def _split_tuple(s: str) -> tuple[str, list[str], str] | None:
-    """``(a,b)`` / ``[a,b)`` / ``\\{a,b\\}`` -> (open, [a, b], close), splitting on top-level commas."""
-    s = s.replace("\\{", "{").replace("\\}", "}")
-    if len(s) < 2 or s[0] not in "([{" or s[-1] not in ")]}":
-        return None
+def _split_items(s: str) -> list[str] | None:
+    """``s`` split on top-level commas, or None when it has none."""
     items, depth, current = [], 0, ""
-    for ch in s[1:-1]:
+    for ch in s:
         if ch in "([{":
             depth += 1
         elif ch in ")]}":
@@ -202,14 +176,28 @@ def _split_tuple(s: str) -> tuple[str, list[str], str] | None:
         else:
             current += ch
     items.append(current)
-    return (s[0], items, s[-1]) if len(items) > 1 else None
+    return items if len(items) > 1 else None
+
+
+def _split_tuple(s: str) -> tuple[str, list[str], str] | None:
+    """``(a,b)`` / ``[a,b)`` / ``\\{a,b\\}`` -> (open, [a, b], close); a bare ``a,b`` -> ("", [a, b], "")."""
+    s = s.replace("\\{", "{").replace("\\}", "}")
+    if len(s) >= 2 and s[0] in "([{" and s[-1] in ")]}":
+        items = _split_items(s[1:-1])
+        if items is not None:
+            return s[0], items, s[-1]
+    items = _split_items(s)
+    return ("", items, "") if items is not None else None
 
 
 def math_equal(prediction: str | None, gold: str | None) -> bool:
-    """Whether ``prediction`` states the same answer as ``gold`` (see the module docstring)."""
+    """Whether ``prediction`` states the same answer as ``gold`` (see the module docstring).
+    Two empty answers are not equal: an empty answer states nothing."""
     if prediction is None or gold is None:
         return False
     prediction, gold = str(prediction), str(gold)
+    if not prediction.strip() or not gold.strip():
+        return False
     if prediction.strip() == gold.strip():
         return True
     if len(prediction) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
@@ -217,22 +205,33 @@ def math_equal(prediction: str | None, gold: str | None) -> bool:
     return _equal(*normalize(prediction), *normalize(gold))
 
 
-def _equal(p: str, p_pct: bool, g: str, g_pct: bool) -> bool:
+def _equal(p: str, p_pct: bool, g: str, g_pct: bool, depth: int = 0) -> bool:
     if "=" not in g:
         p = _ASSIGN.sub("", p)
     if "=" not in p:
         g = _ASSIGN.sub("", g)
-    if p == g:
-        return True
-    pv, gv = to_number(p), to_number(g)
+    if p == g or (p.isalpha() and p.lower() == g.lower()):  # "Yes" / "yes"
+        return bool(p)
+    pv, gv = evaluate(p), evaluate(g)
     if pv is not None and gv is not None:
-        if _close(pv, gv):
+        if same_value(pv, gv):
             return True
-        return (p_pct or g_pct) and (_close(pv / 100, gv) or _close(pv, gv / 100))
+        hundredth = Fraction(1, 100)
+        return (p_pct or g_pct) and (same_value(scaled(pv, hundredth), gv) or same_value(pv, scaled(gv, hundredth)))
     pt, gt = _split_tuple(p), _split_tuple(g)
-    if pt and gt and pt[0] == gt[0] and pt[2] == gt[2] and len(pt[1]) == len(gt[1]):
-        return all(_equal(*normalize(a), *normalize(b)) for a, b in zip(pt[1], gt[1]))
-    return False
+    if not pt or not gt or depth > 3 or len(pt[1]) != len(gt[1]) or len(pt[1]) > _MAX_ITEMS:
+        return False
+    same = lambda a, b: _equal(*normalize(a), *normalize(b), depth + 1)  # noqa: E731
+    unordered = {pt[0], gt[0]} <= {"{", ""} and {pt[2], gt[2]} <= {"}", ""}  # sets, or bare lists
+    if unordered:
+        rest = list(gt[1])
+        for item in pt[1]:
+            match = next((i for i, other in enumerate(rest) if same(item, other)), None)
+            if match is None:
+                return False
+            rest.pop(match)
+        return True
+    return pt[0] == gt[0] and pt[2] == gt[2] and all(same(a, b) for a, b in zip(pt[1], gt[1]))
 
 
 def gold_answer(gold: object) -> str | None:

@@ -8,6 +8,14 @@ that timed out (or died) is killed and replaced, so the pool keeps working. Func
 declare ``run_inline = True`` (the HTTP and Ray-actor clients of :mod:`grpo_ray.rewards.remote`,
 which only wait on I/O and need the caller's Ray connection) run on threads of the calling
 process instead, over the whole batch, bounded by the same timeout.
+
+Chunks hold whole groups (``group_size`` consecutive completions of one prompt), so a function
+that looks at a group (a diversity bonus, a rank within the group) sees all of it.
+
+Failure policy: a function that raises or times out is *penalised* (the data may have tripped
+it: ``penalty`` for its chunk, a warning naming it, the run goes on). A function that returns
+the wrong number of scores or something that is not a number breaks the reward contract on
+every batch: :class:`RewardContractError` naming it is raised at once.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Sequence
 
 from grpo_ray.rewards._pool_worker import call_reward
-from grpo_ray.rewards.registry import RewardResolutionError, resolve
+from grpo_ray.rewards.registry import RewardContractError, RewardResolutionError, resolve
 
 logger = logging.getLogger("grpo_ray.rewards")
 
@@ -96,13 +104,20 @@ class RewardPool:
                 raise
 
     def score(
-        self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, Sequence[Any]] | None = None
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        columns: dict[str, Sequence[Any]] | None = None,
+        group_size: int = 1,
     ) -> list[list[float]]:
-        """Scores ``[N][R]`` (one row per completion, one column per function); NaN = not applicable."""
+        """Scores ``[N][R]`` (one row per completion, one column per function); NaN = not applicable.
+        Groups of ``group_size`` consecutive completions are never split between calls."""
         columns = dict(columns or {})
         n = len(completions)
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts for {n} completions: give one prompt per completion")
+        if group_size < 1 or n % group_size:
+            raise ValueError(f"{n} completions do not split into groups of group_size={group_size}")
         for name, values in columns.items():
             if len(values) != n:
                 raise ValueError(f"column {name!r} has {len(values)} values for {n} completions")
@@ -114,19 +129,29 @@ class RewardPool:
             r: _on_thread(fn, list(prompts), list(completions), columns)
             for r, fn in enumerate(self._functions) if self._inline[r]
         }
-        self._run_in_processes(prompts, completions, columns, scores)
+        broken = self._run_in_processes(prompts, completions, columns, scores, group_size)
         for r, future in futures.items():
             try:
                 self._fill(scores, r, 0, n, future.result(timeout=max(0.0, deadline - time.monotonic())))
+            except RewardContractError as exc:
+                broken.append((r, str(exc)))
             except FutureTimeout:
                 self._fail(scores, r, 0, n, f"timed out after {self._timeout_s:g}s (its thread is abandoned)")
             except Exception as exc:  # noqa: BLE001 - a broken reward function is penalised, not fatal
                 self._fail(scores, r, 0, n, f"raised {type(exc).__name__}: {exc}")
+        if broken:
+            r, what = broken[0]
+            raise RewardContractError(
+                f"reward function {self.names[r]!r} {what}; a reward function must return one float "
+                "(or None) per completion"
+            )
         return scores
 
-    def _run_in_processes(self, prompts, completions, columns, scores) -> None:
+    def _run_in_processes(self, prompts, completions, columns, scores, group_size: int) -> list[tuple[int, str]]:
+        """Fill ``scores`` from the worker processes; returns the (function, message) contract breaches."""
         n = len(completions)
-        chunks = _chunks(n, len(self._processes))
+        chunks = [(lo * group_size, hi * group_size) for lo, hi in _chunks(n // group_size, len(self._processes))]
+        broken: list[tuple[int, str]] = []
         pending = [(r, lo, hi) for r in range(len(self.names)) if not self._inline[r] for lo, hi in chunks]
         busy: dict[int, tuple[tuple[int, int, int], float]] = {}  # process slot -> (task, deadline)
         while pending or busy:
@@ -155,6 +180,8 @@ class RewardPool:
                     continue
                 if kind == "ok":
                     self._fill(scores, r, lo, hi, payload)
+                elif kind == "contract":
+                    broken.append((r, payload))
                 else:
                     self._fail(scores, r, lo, hi, f"raised:\n{payload}")
             now = time.monotonic()
@@ -163,6 +190,7 @@ class RewardPool:
                 self._replace(slot)
                 what = f"timed out after {self._timeout_s:g}s (its process was killed and replaced)"
                 self._fail(scores, r, lo, hi, what)
+        return broken
 
     def _replace(self, slot: int) -> None:
         self._processes[slot].kill()

@@ -20,7 +20,10 @@ one score per completion, ``None`` meaning "does not apply" (skipped in the weig
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Callable
+
+from grpo_ray.config import ConfigError
 
 RewardFn = Callable[..., Any]
 
@@ -35,8 +38,12 @@ _BUILTIN_MODULES = (
 )
 
 
-class RewardResolutionError(ValueError):
+class RewardResolutionError(ConfigError):
     """A ``RewardConfig.functions`` entry that names no usable reward function."""
+
+
+class RewardContractError(ValueError):
+    """A reward function returned something other than one number (or None) per completion."""
 
 
 def register(name: str, fn: RewardFn) -> RewardFn:
@@ -98,6 +105,20 @@ def _import(spec: str) -> RewardFn:
     if not callable(obj):
         raise RewardResolutionError(f"reward function {spec!r}: {obj!r} is not callable")
     return obj
+
+
+def required_columns(fn: RewardFn) -> list[str]:
+    """Dataset columns ``fn`` cannot run without: its named parameters other than ``prompts`` and
+    ``completions`` that have no default (``math_reward(prompts, completions, answer, **kw)`` -> answer)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: nothing to check
+        return []
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        p.name for p in params
+        if p.kind in named and p.default is inspect.Parameter.empty and p.name not in ("prompts", "completions")
+    ]
 
 
 def completion_text(completion: Any) -> str:

@@ -6,7 +6,8 @@ on first use and that exits with it, so a run costs a fork rather than an interp
 start-up. Isolation is chosen at run time, once per process:
 
 * ``namespaces`` (preferred; unprivileged user namespaces, no setuid helper needed): the code
-  is PID 1 of its own PID namespace (everything it forks dies with it, setsid or not), has no
+  runs in its own PID namespace under a minimal init (PID 1), so signals reach it as in any
+  process and everything it forks dies with it when it ends (setsid or not); it has no
   network (empty network namespace), sees the host file system read-only with a private,
   size-capped tmpfs at /tmp, /var/tmp, /dev/shm and /run, a /proc that shows only its own
   processes, runs as nobody (when the caller is root) with no capabilities, and gets a clean
@@ -44,7 +45,6 @@ from pathlib import Path
 
 logger = logging.getLogger("grpo_ray.rewards")
 
-STATUSES = ("ok", "error", "timeout", "memory", "killed")
 ISOLATIONS = ("namespaces", "rlimits")
 _LAUNCHER = Path(__file__).with_name("_sandbox_child.py")
 #: Seconds past ``timeout_s`` after which the caller stops waiting for the launcher itself.
@@ -71,7 +71,8 @@ class SandboxError(RuntimeError):
 @dataclass(frozen=True)
 class SandboxResult:
     """How one run ended. ``status``: ok | error (non-zero exit) | timeout (wall or CPU limit) |
-    memory (MemoryError under the address-space limit) | killed (a signal, or output over the cap)."""
+    memory (MemoryError under the address-space limit) | killed (a signal, or output over the cap).
+    ``returncode`` is the exit code, or minus the signal that ended the program (as in subprocess)."""
 
     status: str
     stdout: str
@@ -242,7 +243,16 @@ def _launch(spec: dict, mode: str, max_output_bytes: int) -> tuple[SandboxResult
         err += f"\n[sandbox] output exceeded {max_output_bytes} bytes; run killed"
     elif status == "error" and err.rstrip().rsplit("\n", 1)[-1].startswith("MemoryError"):
         status = "memory"
+    elif status == "killed" and report["returncode"] < 0:
+        err += f"\n[sandbox] the program was killed by signal {_signal_name(-report['returncode'])}"
     return SandboxResult(status, out, err, report["returncode"], elapsed), None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def _pump(pidfd: int, stdin_w: int, stdout_r: int, stderr_r: int, payload: bytes, deadline: float, cap: int

@@ -52,7 +52,8 @@ def test_bad_function_fails_at_construction_naming_it():
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray")
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([REPO, FIXTURES])}})
     yield ray

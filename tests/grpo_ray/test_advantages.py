@@ -16,23 +16,27 @@ def col(*values):
     return torch.tensor(values, dtype=torch.float64).unsqueeze(1)
 
 
-# Two prompts, G = 3. Group 0 scores {0, 1, 2}: mean 1, unbiased std sqrt((1 + 0 + 1) / 2) = 1.
-# Group 1 scores {2, 4, 6}: mean 4, std sqrt((4 + 0 + 4) / 2) = 2.
-# Centred: [-1, 0, 1, -2, 0, 2].
-# Whole batch {0, 1, 2, 2, 4, 6}: mean 2.5, squared deviations 6.25 + 2.25 + .25 + .25 + 2.25
-# + 12.25 = 23.5, unbiased variance 23.5 / 5 = 4.7, std sqrt(4.7) = 2.16794833...
-REWARDS = col(0, 1, 2, 2, 4, 6)
+# Two prompts, G = 3, whose groups differ in mean, spread and shape, so each group's statistics
+# must reach its own rows (repeat_interleave order; with repeat, row 4 would be divided by
+# group 0's std, 5 / 1 instead of 5 / 7; a mean broadcast with repeat would centre row 1 on 8).
+# Group 0 scores {0, 1, 2}: mean 1, unbiased std sqrt((1 + 0 + 1) / 2) = 1.
+# Group 1 scores {11, 13, 0}: mean 8, deviations [3, 5, -8], std sqrt((9 + 25 + 64) / 2) = 7.
+# Centred: [-1, 0, 1, 3, 5, -8].
+# Whole batch {0, 1, 2, 11, 13, 0}: mean 4.5, squared deviations 20.25 + 12.25 + 6.25 + 42.25
+# + 72.25 + 20.25 = 173.5, unbiased variance 173.5 / 5 = 34.7, std sqrt(34.7) = 5.89067059...
+REWARDS = col(0, 1, 2, 11, 13, 0)
+CENTRED = [-1.0, 0, 1, 3, 5, -8]
 
 
 def test_group_mode_hand_worked():
-    expected = [-1 / (1 + E), 0, 1 / (1 + E), -2 / (2 + E), 0, 2 / (2 + E)]
+    expected = [-1 / (1 + E), 0, 1 / (1 + E), 3 / (7 + E), 5 / (7 + E), -8 / (7 + E)]
     got = compute_advantages(REWARDS, group_size=3, scale_rewards="group")
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
 
 
 def test_batch_mode_hand_worked():
-    std = math.sqrt(4.7)
-    expected = [v / (std + E) for v in (-1, 0, 1, -2, 0, 2)]
+    std = math.sqrt(34.7)
+    expected = [v / (std + E) for v in CENTRED]
     got = compute_advantages(REWARDS, group_size=3, scale_rewards="batch")
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
 
@@ -40,7 +44,7 @@ def test_batch_mode_hand_worked():
 def test_none_mode_hand_worked():
     # Dr. GRPO: centred only.
     got = compute_advantages(REWARDS, group_size=3, scale_rewards="none")
-    torch.testing.assert_close(got, torch.tensor([-1.0, 0, 1, -2, 0, 2], dtype=torch.float64))
+    torch.testing.assert_close(got, torch.tensor(CENTRED, dtype=torch.float64))
 
 
 def test_default_mode_is_group():
@@ -127,7 +131,8 @@ def test_bad_inputs_raise(kwargs, match):
 
 def trl_advantages(rewards_per_func, num_generations, reward_weights, scale_rewards):
     """TRL 1.16 ``GRPOTrainer._generate_and_score_completions``, ``sum_then_normalize`` branch,
-    copied verbatim (only ``self.`` dropped and the device move removed)."""
+    copied verbatim (only ``self.`` dropped and the device move removed). trl is a dev
+    dependency: imported unconditionally, so a missing peer fails this test instead of skipping it."""
     from trl.trainer.utils import nanstd
 
     unscorable_mask = torch.isnan(rewards_per_func).all(dim=1)
@@ -165,7 +170,6 @@ def trl_advantages(rewards_per_func, num_generations, reward_weights, scale_rewa
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_trl(scale_rewards, weighted, dtype):
-    pytest.importorskip("trl")
     gen = torch.Generator().manual_seed(1234)
     G, P, R = 4, 6, 3
     rewards = torch.randn(P * G, R, generator=gen, dtype=torch.float64).to(dtype)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo_ray.cli import config_from_dict, config_to_dict, knob_table_markdown, main, parse_config
+from grpo_ray.cli import config_from_dict, config_to_dict, knob_table_markdown, main, parse_config, user_errors
 from grpo_ray.config import SECTIONS, ConfigError, GRPOConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +94,34 @@ def test_yaml_not_a_mapping(tmp_path, capsys):
 
 def test_empty_yaml_is_the_defaults(tmp_path):
     assert parse_config(["--config", write(tmp_path, "")]) == TrainConfig()
+
+
+def test_malformed_yaml_file_is_one_line_naming_the_file_and_line(tmp_path, capsys):
+    path = write(tmp_path, "grpo:\n  beta: [1,\nrun: {}\n")
+    err = fails(capsys, ["--config", path])
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2  # argparse's usage line + the error
+    assert f"error: --config {path} is not valid YAML at line 4, column 1" in err
+    assert "(while parsing a flow sequence at line 2, column 9); fix the file" in err
+
+
+def test_malformed_list_flag_is_one_line_naming_the_flag(capsys):
+    err = fails(capsys, ["--grpo.reward_weights", "[1,"])
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2
+    assert "error: --grpo.reward_weights '[1,' is not valid YAML" in err
+    assert "write a list as [1, 2] or 1,2" in err
+
+
+def test_flag_values_that_yaml_reads_as_falsy_stay_what_they_are():
+    config = parse_config(["--grpo.beta", "0", "--lora.enabled", "false", "--grpo.delta", "null"])
+    assert (config.grpo.beta, config.lora.enabled, config.grpo.delta) == (0.0, False, None)
+
+
+def test_user_errors_turn_a_config_error_into_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        with user_errors("prog"):
+            raise ConfigError("model.name_or_path='/x': no such directory; give a checkpoint directory")
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "prog: error: model.name_or_path='/x': no such directory; give a checkpoint directory\n"
 
 
 def test_yaml_file_not_found(tmp_path, capsys):

@@ -46,7 +46,8 @@ TRL_DEFAULT_EXCEPTIONS = {
 
 
 def test_grpo_knobs_keep_trl_defaults():
-    trl = pytest.importorskip("trl")
+    import trl  # a dev dependency: missing, this check fails rather than skips
+
     theirs = {f.name: f for f in dataclasses.fields(trl.GRPOConfig)}
     checked = 0
     for cls in (GRPOConfig, GenerationConfig, BatchConfig):
@@ -75,6 +76,9 @@ def test_valid_edge_cases_are_accepted():
     # reward_weights are only checked against reward.functions when functions are named
     TrainConfig(grpo=GRPOConfig(reward_weights=(1.0, 2.0)))
     TrainConfig(grpo=GRPOConfig(reward_weights=(1.0, 2.0)), reward=RewardConfig(functions=("a", "b")))
+    # checkpoints between cycles: every 4 steps with 2 per cycle; any step count when a step spans cycles
+    TrainConfig(batch=BatchConfig(steps_per_generation=2), run=RunConfig(save_steps=4))
+    TrainConfig(batch=BatchConfig(gradient_accumulation_steps=3, steps_per_generation=2), run=RunConfig(save_steps=1))
 
 
 def bad_batch(per_device, spg, g, procs=1):
@@ -138,6 +142,14 @@ BAD_CONFIGS = [
     ("reward timeout 0", lambda: RewardConfig(timeout_s=0), ["reward.timeout_s", "> 0"]),
     ("unknown report sink", lambda: RunConfig(report_to=("mlflow",)), ["run.report_to", "'wandb'"]),
     ("max_steps 0", lambda: RunConfig(max_steps=0), ["run.max_steps", ">= 1"]),
+    ("negative keep_last_n", lambda: RunConfig(keep_last_n=-1), ["run.keep_last_n", ">= 0"]),
+    ("blank resume", lambda: RunConfig(resume=" "), ["run.resume", "'latest'"]),
+    ("no skips allowed", lambda: RunConfig(max_consecutive_skips=0), ["run.max_consecutive_skips", ">= 1"]),
+    (
+        "checkpoints inside a generation cycle",
+        lambda: TrainConfig(batch=BatchConfig(steps_per_generation=2), run=RunConfig(save_steps=3)),
+        ["run.save_steps=3", "takes 2 optimizer steps", "multiple of 2"],
+    ),
 ]
 
 

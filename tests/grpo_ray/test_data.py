@@ -26,3 +26,14 @@ def test_columns_repeat_once_per_completion():
     assert columns_of([{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}], 2) == {
         "answer": ["1", "1", "2", "2"]
     }
+
+
+def test_sampler_state_continues_the_same_sequence():
+    rows = [{"prompt": str(i)} for i in range(7)]
+    reference = PromptSampler(rows, seed=3)
+    first = reference.next(5)
+    saved = json.loads(json.dumps(reference.state()))  # as checkpoints store it
+    rest = [reference.next(4) for _ in range(3)]  # crosses epochs
+    resumed = PromptSampler(rows, seed=99)
+    resumed.load_state(saved)
+    assert first and [resumed.next(4) for _ in range(3)] == rest

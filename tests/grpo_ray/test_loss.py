@@ -141,30 +141,48 @@ def test_truncated_importance_sampling_hand_worked():
 
 # --- the hand-worked sequence-level (GSPO) case -------------------------------------------------
 #
-# mask [[1, 1, 0], [1, 1, 1]], A = [+1, -2]. log-ratios: row 0 [ln 4, 0, (5.0 padding)],
-# row 1 [ln 1.5] * 3. The sequence ratio is exp(masked mean log-ratio):
-#   row 0: exp((ln 4 + 0) / 2) = 2  (the padding's 5.0 is ignored) -> -min(2, 1.2) = -1.2 per token (high-clipped)
-#   row 1: exp(ln 1.5) = 1.5 -> -min(1.5 * -2, 1.2 * -2) = 3 per token (not clipped: A < 0 and r > 1)
-#   grpo    = mean(-1.2, 3) = 0.9
-#   bnpo    = (-1.2 * 2 + 3 * 3) / 5 = 1.32 (= dapo with num_items None)
-#   dr_grpo = 6.6 / (2 * 4) = 0.825
-# Clip ratios count sequences: high 1/2, low 0, region 1/2.
+# mask [[1, 1, 0], [1, 1, 1], [1, 1, 0]], A = [+1, -2, +0.5]. The sequence ratio is the exp of
+# each row's masked mean log-ratio, over that row's own token count (2, 3, 2):
+#   row 0: [ln 4, 0, (5.0 padding)] -> exp((ln 4 + 0) / 2) = 2 (the padding's 5.0 is ignored)
+#          -> -min(2, 1.2) = -1.2 per token (high-clipped)
+#   row 1: [ln 1.5] * 3 -> exp(3 ln 1.5 / 3) = 1.5 -> -min(1.5 * -2, 1.2 * -2) = 3 per token
+#          (not clipped: A < 0 and r > 1)
+#   row 2: [ln 1.21, 0, (5.0 padding)] -> exp(ln 1.21 / 2) = 1.1 -> -min(1.1 * 0.5, 1.2 * 0.5)
+#          = -0.55 per token (inside the clip range)
+# Any other divisor moves an unclipped row: 2 for every row makes row 1's ratio 1.5^1.5 = 1.84,
+# 3 (= T) makes row 2's 1.21^(1/3) = 1.066.
+# Row sums -2.4, 9, -1.1; all 7 tokens 5.5:
+#   grpo    = mean(-1.2, 3, -0.55) = 1.25 / 3
+#   bnpo    = 5.5 / 7 (= dapo with num_items None)
+#   dr_grpo = 5.5 / (3 * 4)
+# Clip ratios count sequences: high 1/3, low 0, region 1/3.
+# Gradient (bnpo, / 7): an unclipped row of n tokens contributes n * (-r * A) with
+# r = exp(mean of its n log-ratios), so d/dlogp_t = n * (-A) * r / n = -A * r on each of its
+# tokens: row 1 2 * 1.5 = 3, row 2 -0.5 * 1.1 = -0.55; the clipped row 0 is flat.
 GSPO = dict(
-    log_ratio=t([[LN(4), 0.0, 5.0], [LN(1.5)] * 3]),
-    adv=t([1.0, -2.0]),
-    mask=torch.tensor([[1, 1, 0], [1, 1, 1]]),
+    log_ratio=t([[LN(4), 0.0, 5.0], [LN(1.5)] * 3, [LN(1.21), 0.0, 5.0]]),
+    adv=t([1.0, -2.0, 0.5]),
+    mask=torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0]]),
+    old=t([[-1.0, -2.0, -0.5], [-1.5, -0.7, -1.0], [-0.3, -2.5, -1.2]]),
 )
 
 
-@pytest.mark.parametrize("loss_type, expected", [("grpo", 0.9), ("bnpo", 1.32), ("dapo", 1.32), ("dr_grpo", 0.825)])
+@pytest.mark.parametrize(
+    "loss_type, expected", [("grpo", 1.25 / 3), ("bnpo", 5.5 / 7), ("dapo", 5.5 / 7), ("dr_grpo", 5.5 / 12)]
+)
 def test_sequence_level_hand_worked(loss_type, expected):
     loss, grad, metrics = run(cfg(loss_type=loss_type, importance_sampling_level="sequence"), **GSPO)
     assert loss == pytest.approx(expected, abs=1e-12)
-    assert metrics["clip_ratio/high_mean"].item() == pytest.approx(0.5)
+    assert metrics["clip_ratio/high_mean"].item() == pytest.approx(1 / 3)
     assert metrics["clip_ratio/low_mean"].item() == 0
-    assert metrics["clip_ratio/region_mean"].item() == pytest.approx(0.5)
+    assert metrics["clip_ratio/region_mean"].item() == pytest.approx(1 / 3)
     assert grad[0].abs().sum() == 0  # row 0 is clipped: no gradient
     assert grad[1, :].abs().min() > 0  # every token of row 1 moves its sequence ratio
+
+
+def test_sequence_level_gradient_hand_worked():
+    _, grad, _ = run(cfg(loss_type="bnpo", importance_sampling_level="sequence"), **GSPO)
+    torch.testing.assert_close(grad, t([[0.0, 0.0, 0.0], [3 / 7] * 3, [-0.55 / 7, -0.55 / 7, 0.0]]))
 
 
 def test_entropy_metric_and_on_policy_default():
@@ -260,7 +278,7 @@ def trl_compute_loss(config, logps, inputs, *, entropies, gas=1, spg=1, nproc=1,
     ``_get_per_token_logps_and_entropies`` returns our ``logps`` leaf, so TRL's loss can be
     differentiated with respect to the same tensor as ours. Returns (loss, TRL's metrics).
     """
-    trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
+    from trl.trainer import grpo_trainer as trl_grpo  # a dev dependency: missing, the cross-checks fail
     identity = lambda x, *a, **k: x  # noqa: E731 - one process: reduce / gather do nothing
     fake = SimpleNamespace(
         top_entropy_quantile=1.0,
@@ -353,7 +371,6 @@ def compare_with_trl(config, seed, *, tis, num_items=None, gas=1, spg=1, nproc=1
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_matches_trl(loss_type, level):
-    pytest.importorskip("trl")
     # Every loss_type x level, crossed with every clip variant x beta x TIS.
     clipped = 0.0
     for (name, clip), beta, tis in itertools.product(CLIPS.items(), (0.0, 0.04), (False, True)):

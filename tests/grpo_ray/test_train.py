@@ -35,7 +35,7 @@ def startup_error(capsys, argv) -> str:
         main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    errors = [line for line in err.splitlines() if line.startswith("python -m grpo_ray train: error: ")]
     assert len(errors) == 1 and err.strip().endswith(errors[0]), err  # one line, the last (after progress bars)
     assert "Traceback" not in err
     assert not ray.is_initialized()  # nothing started

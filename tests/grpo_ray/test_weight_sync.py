@@ -14,7 +14,7 @@ ROWS = [{"prompt": p} for p in ["1+2=", "33+4=", "5+", "ab", "7=", "12+12=", "9+
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)  # never a neighbour's cluster
     yield
     ray.shutdown()
 
@@ -43,7 +43,7 @@ def test_colocate_mode_trains_with_one_actor_and_in_process_sync(cluster, checkp
         version = ray.get(trainer.actors.learner.weight_version.remote())
     finally:
         trainer.shutdown()
-    assert result.optimizer_steps == 3 and version == 4
+    assert result.optimizer_steps == 3 and version == 3  # checkpoint-N holds exactly N steps
     # the guard ran after every sync (the engine samples from the learner's own tensors: no gap)
     assert all(r["time/sync_check_s"] > 0 for r in result.history)
     assert [r["weight_version_sampled"] for r in result.history] == [0, 0, 2]

@@ -63,3 +63,8 @@ class SlowInline:
 
 
 slow_inline = SlowInline()
+
+
+def group_count(prompts, completions, **kwargs):
+    """How many completions of this call share each completion's prompt (its group, if whole)."""
+    return [float(prompts.count(p)) for p in prompts]

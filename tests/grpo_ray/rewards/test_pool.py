@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from grpo_ray.rewards import RewardResolutionError
+from grpo_ray.rewards import RewardContractError, RewardResolutionError
 from grpo_ray.rewards.pool import RewardPool, _chunks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,11 +53,29 @@ def test_async_reward_function():
         assert pool.score(["p", "p"], ["ab", "abc"]) == [[2.0], [3.0]]
 
 
+def test_groups_are_never_split_across_processes():
+    prompts = [f"p{i // 4}" for i in range(12)]  # 3 groups of 4: a plain 2-way cut would split group 1
+    with RewardPool(["reward_fixtures:group_count"], processes=2, timeout_s=10) as pool:
+        assert pool.score(prompts, ["c"] * 12, group_size=4) == [[4.0]] * 12
+        with pytest.raises(ValueError, match="groups of group_size=5"):
+            pool.score(prompts, ["c"] * 12, group_size=5)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("wrong_length", "returned 1 scores for [23] completions"),  # the chunk of one process
+    ("not_numbers", "returned the score 'good', which is not a number or None"),
+])
+def test_a_function_breaking_the_contract_fails_fast_naming_it(name, reason):
+    with RewardPool([f"reward_fixtures:{name}", "reward_fixtures:length"], processes=2, timeout_s=10) as pool:
+        with pytest.raises(RewardContractError, match=rf"reward function 'reward_fixtures:{name}' {reason}"):
+            pool.score(["p"] * 3, ["a", "bb", "ccc"])
+        with pytest.raises(RewardContractError):  # every call: it is the function, not the data
+            pool.score(["p"] * 4, ["dddd", "e", "f", "g"])
+
+
 @pytest.mark.parametrize("name, reason", [
     ("crash", "RuntimeError: reward function exploded"),
     ("die", "crashed its worker process"),
-    ("wrong_length", "returned 1 scores for 3 completions"),
-    ("not_numbers", "is not a number"),
 ])
 def test_failing_function_gives_penalty_warning_and_pool_keeps_working(name, reason, caplog):
     with RewardPool([f"reward_fixtures:{name}", "reward_fixtures:length"], timeout_s=10, penalty=-1.5) as pool:

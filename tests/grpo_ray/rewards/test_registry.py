@@ -28,7 +28,7 @@ def test_resolve_names_import_paths_and_remote_uris():
     ("gsm8k_corectness", r"'gsm8k_corectness' is not registered; registered names: code, gsm8k_correctness"),
     ("no.such.module:f", "cannot import module 'no.such.module'"),
     ("grpo_ray.rewards.math:nothing", "has no attribute 'nothing'"),
-    ("grpo_ray.rewards.math:REL_TOL", "is not callable"),
+    ("grpo_ray.rewards.math:MAX_ANSWER_CHARS", "is not callable"),
     ("actor://a/b/c", "actor://namespace/name"),
     ("", "registered name"),
 ])

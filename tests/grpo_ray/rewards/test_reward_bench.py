@@ -23,7 +23,6 @@ def bench(monkeypatch):
 
 
 def test_peers_run_in_pool_workers_and_agree(bench, tmp_path):
-    pytest.importorskip("math_verify")
     gsm8k = tmp_path / "test.jsonl"
     gsm8k.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     math_rows = bench.measure([("math", "math"), bench.PEERS["math"]], bench.math_batch(str(gsm8k), 8), 2, 1)
