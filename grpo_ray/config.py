@@ -55,6 +55,8 @@ def _check_int(section: str, name: str, value: Any, minimum: int) -> None:
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+REPORT_SINKS = ("tensorboard", "wandb", "swanlab")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "auto")
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,9 @@ class GRPOConfig:
     )
     vllm_importance_sampling_cap: float = knob(2.0, "The cap C of truncated importance sampling.")
     max_prompt_length: int | None = knob(
-        512, "Prompts longer than this many tokens are truncated from the left; None = no limit."
+        512,
+        "Prompt token limit: `python -m grpo_ray train` drops (and counts) longer prompts before training; "
+        "the rollout engine cuts any that still reach it from the left. None = no limit.",
     )
     max_completion_length: int = knob(512, "Most tokens generated per completion.")
 
@@ -369,7 +373,9 @@ class RunConfig:
         "Stop the run, saving a checkpoint, after this many optimizer steps in a row were skipped for a "
         "non-finite loss or gradient.",
     )
-    report_to: tuple[str, ...] = knob((), "Extra metric sinks besides metrics.jsonl: wandb, tensorboard.")
+    report_to: tuple[str, ...] = knob(
+        (), "Extra metric sinks besides metrics.jsonl: tensorboard, wandb, swanlab (each needs its package)."
+    )
     ray_address: str | None = knob(
         None, "Ray cluster to join ('auto' = the one `ray start` runs here); None = $RAY_ADDRESS if set, else a new local one."
     )
@@ -397,7 +403,107 @@ class RunConfig:
         _check_int("run", "max_worker_restarts", self.max_worker_restarts, 0)
         _check_int("run", "max_consecutive_skips", self.max_consecutive_skips, 1)
         for sink in self.report_to:
-            _check_choice("run", "report_to", sink, ("wandb", "tensorboard"))
+            _check_choice("run", "report_to", sink, REPORT_SINKS)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The prompt dataset of `python -m grpo_ray train`: where it is, its columns, how prompts are built."""
+
+    dataset: str = knob(
+        "", "Hub dataset name, a local directory (train.jsonl, test.jsonl, ...) or one JSON/JSONL/CSV/Parquet file."
+    )
+    subset: str | None = knob(None, "Hub dataset configuration, e.g. 'main' for openai/gsm8k; unused for local data.")
+    train_split: str = knob("train", "Split trained on.")
+    eval_split: str | None = knob("test", "Split of the pass@1 eval; None = no eval.")
+    eval_dataset: str | None = knob(None, "Where the eval split lives when not in data.dataset (same forms); None = data.dataset.")
+    prompt_column: str = knob("prompt", "Column with the question: a string, or chat messages.")
+    answer_column: str | None = knob(
+        "answer",
+        "Column with the reference answer (a worked solution ending in '#### N' counts as N); reward functions "
+        "get it as `answer`, the eval and the SFT warm-up need it. None = no answers.",
+    )
+    format: str = knob(
+        "none",
+        "Answer format the system prompt asks for and the SFT warm-up teaches: none, qwen3 (the Qwen3 tutorial's "
+        "<start_working_out>/<SOLUTION> tags), gsm8k (<reasoning>/<answer>), or 'module:OBJECT' naming a "
+        "Qwen3Format or XMLFormat with your own tags.",
+    )
+    system_prompt: str | None = knob(None, "System message; None = the one of data.format (none has no system message).")
+    chat_template: str = knob(
+        "model",
+        "How a prompt becomes text: model (the tokenizer's own chat template), tutorial (the Qwen3 tutorial's: "
+        "system + EOS, the question, then the reasoning tag), none (system prompt and question as plain text), "
+        "or the path of a Jinja template file.",
+    )
+    max_rows: int | None = knob(None, "Train on at most this many rows (the first ones); None = all.")
+
+    def __post_init__(self) -> None:
+        s = "data"
+        for name in ("train_split", "prompt_column", "format", "chat_template"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                _fail(s, name, getattr(self, name), "give a non-empty string")
+        if self.max_rows is not None:
+            _check_int(s, "max_rows", self.max_rows, 1)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Optional supervised warm-up before GRPO that teaches the answer format (the tutorials' SFT step)."""
+
+    steps: int = knob(
+        0, "Optimizer steps of supervised training on (prompt, answer in data.format) pairs before GRPO; 0 = none."
+    )
+    batch_size: int = knob(8, "Examples per warm-up step.")
+    learning_rate: float = knob(2e-4, "Constant AdamW learning rate of the warm-up (the tutorial's 2e-4).")
+    max_grad_norm: float = knob(1.0, "Clip the warm-up's gradient norm to this value (TRL's SFT default); 0 disables.")
+
+    def __post_init__(self) -> None:
+        _check_int("sft", "steps", self.steps, 0)
+        _check_int("sft", "batch_size", self.batch_size, 1)
+        _check_positive("sft", "learning_rate", self.learning_rate)
+        _check_positive("sft", "max_grad_norm", self.max_grad_norm, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Greedy pass@1 on the eval split: before training, every eval.steps steps, and at the end."""
+
+    limit: int | None = knob(200, "Eval questions (the first ones of the eval split); 0 = no eval, None = all.")
+    steps: int = knob(0, "Evaluate every this many optimizer steps too; 0 = only before training and at the end.")
+    judge: str = knob(
+        "math", "Reward function that marks an eval answer correct (score > 0); 'math' is the math verifier."
+    )
+    samples: int = knob(2, "Completions printed (question, response, extracted answer, reward) at every eval.")
+
+    def __post_init__(self) -> None:
+        if self.limit is not None:
+            _check_int("eval", "limit", self.limit, 0)
+        _check_int("eval", "steps", self.steps, 0)
+        _check_int("eval", "samples", self.samples, 0)
+        if not isinstance(self.judge, str) or not self.judge.strip():
+            _fail("eval", "judge", self.judge, "name a reward function, e.g. 'math'")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What is written after training besides the final checkpoint (a LoRA adapter or full model)."""
+
+    merged: bool = knob(True, "Write a merged model (LoRA folded into the base) that from_pretrained and vLLM load.")
+    dtype: str = knob("bfloat16", "dtype of the merged model: bfloat16, float16 or float32.")
+    gguf: str | None = knob(
+        None, "Also convert the merged model to GGUF with llama.cpp's convert_hf_to_gguf.py: f32, f16, bf16, q8_0 or auto; None = no GGUF."
+    )
+    llama_cpp: str | None = knob(
+        None, "llama.cpp checkout holding convert_hf_to_gguf.py; None = $LLAMA_CPP_DIR, else the script on PATH."
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("export", "dtype", self.dtype, ("bfloat16", "float16", "float32"))
+        if self.gguf is not None:
+            _check_choice("export", "gguf", self.gguf, GGUF_TYPES)
+            if not self.merged:
+                _fail("export", "gguf", self.gguf, "GGUF is converted from the merged model: set export.merged=true")
 
 
 @dataclass(frozen=True)
@@ -413,6 +519,10 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         effective = self.batch.effective_batch_size
@@ -467,4 +577,8 @@ SECTIONS: dict[str, type] = {
     "rollout": RolloutConfig,
     "reward": RewardConfig,
     "run": RunConfig,
+    "data": DataConfig,
+    "sft": SFTConfig,
+    "eval": EvalConfig,
+    "export": ExportConfig,
 }

@@ -1,7 +1,9 @@
-"""Where metrics go: ``metrics.jsonl`` always, one console line per step, wandb/tensorboard on request."""
+"""Where metrics go: ``metrics.jsonl`` always, one console line per step, and on request
+TensorBoard, wandb or SwanLab (``run.report_to``), each imported only when asked for."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -11,26 +13,55 @@ from typing import Any
 CONSOLE_KEYS = (
     ("reward", "reward {:.3f}"),
     ("reward_std", "±{:.3f}"),
+    ("eval/accuracy", "acc {:.1%}"),
     ("kl", "kl {:.4f}"),
     ("clip_ratio/region_mean", "clip {:.3f}"),
     ("completion_length", "len {:.1f}"),
     ("truncated_fraction", "trunc {:.2f}"),
     ("loss", "loss {:+.4f}"),
     ("grad_norm", "gnorm {:.3f}"),
+    ("tokens_per_s", "{:.0f} tok/s"),
+    ("time/generate_s", "gen {:.1f}s"),
+    ("time/train_s", "train {:.1f}s"),
 )
+
+#: run.report_to name -> (module to import, pip package).
+SINK_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "swanlab": ("swanlab", "swanlab")}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def console_line(step: int, metrics: dict[str, Any]) -> str:
+    """``step 12 | reward 1.250 | ±0.410 | gsm8k_int 0.50±0.00 | acc 31.0% | ...``: the known keys
+    in a fixed order, with each reward function's mean±std after the total."""
     parts = [f"step {step:>4}"]
     for key, fmt in CONSOLE_KEYS:
         value = metrics.get(key)
-        if isinstance(value, (int, float)) and not math.isnan(value):
+        if _number(value):
             parts.append(fmt.format(value))
+        if key == "reward_std":
+            for name, mean in metrics.items():
+                if name.startswith("rewards/") and not name.endswith("_std") and _number(mean):
+                    std = metrics.get(f"{name}_std")
+                    parts.append(f"{name[8:]} {mean:.2f}" + (f"±{std:.2f}" if _number(std) else ""))
     return " | ".join(parts)
 
 
+def missing_sinks(report_to: tuple[str, ...]) -> list[str]:
+    """A message for every sink in ``report_to`` whose package is not installed."""
+    out = []
+    for sink in report_to:
+        module, package = SINK_PACKAGES[sink]
+        if importlib.util.find_spec(module) is None:
+            out.append(f"run.report_to names {sink!r} but the {package} package is not installed: pip install {package}")
+    return out
+
+
 class MetricsLog:
-    """Appends one JSON object per logged step to ``<output_dir>/metrics.jsonl``.
+    """Appends one JSON object per logged step to ``<output_dir>/metrics.jsonl`` and forwards the
+    numbers to the sinks named in ``report_to``.
 
     ``resume_step``: a resumed run first drops the records after that step (they were logged
     by the interrupted run after its last checkpoint and are about to be redone), so the log
@@ -44,6 +75,9 @@ class MetricsLog:
         run_config: dict[str, Any] | None = None,
         resume_step: int | None = None,
     ):
+        problems = missing_sinks(report_to)
+        if problems:
+            raise RuntimeError("; ".join(problems))
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
@@ -54,14 +88,18 @@ class MetricsLog:
             tmp.replace(self.path)
         self.file = self.path.open("a")
         self.sinks: list[Any] = []
-        if "wandb" in report_to:
-            import wandb
-
-            self.sinks.append(("wandb", wandb.init(config=run_config, dir=str(self.dir))))
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
             self.sinks.append(("tensorboard", SummaryWriter(str(self.dir / "tensorboard"))))
+        if "wandb" in report_to:
+            import wandb
+
+            self.sinks.append(("wandb", wandb.init(config=run_config, dir=str(self.dir))))
+        if "swanlab" in report_to:
+            import swanlab
+
+            self.sinks.append(("swanlab", swanlab.init(project="grpo-ray", config=run_config, logdir=str(self.dir / "swanlab"))))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, "time": time.time(), **metrics}
@@ -69,16 +107,16 @@ class MetricsLog:
         self.file.flush()
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         for kind, sink in self.sinks:
-            if kind == "wandb":
-                sink.log(numeric, step=step)
-            else:
+            if kind == "tensorboard":
                 for k, v in numeric.items():
                     sink.add_scalar(k, v, step)
+            else:
+                sink.log(numeric, step=step)
 
     def close(self) -> None:
         self.file.close()
         for kind, sink in self.sinks:
-            sink.finish() if kind == "wandb" else sink.close()
+            sink.close() if kind == "tensorboard" else sink.finish()
 
 
 def _step_of(line: str) -> float:

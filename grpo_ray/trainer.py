@@ -56,6 +56,11 @@ from grpo_ray.trainer_state import TrainerState
 
 log = logging.getLogger("grpo_ray")
 
+#: ``on_step(step, record) -> extra metrics``: called with step 0 and an empty record before the
+#: first cycle of a fresh run, then after every optimizer step (the rollout workers then hold
+#: that cycle's weights); what it returns joins the step's record (metrics.jsonl, sinks, console).
+StepHook = Callable[[int, dict[str, Any]], "dict[str, Any] | None"]
+
 #: Seconds a dead worker may take to come back (Ray restarts it) before the run gives up.
 WORKER_RESTART_TIMEOUT_S = 300.0
 
@@ -320,7 +325,7 @@ class GRPOTrainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self) -> TrainResult:
+    def run(self, on_step: StepHook | None = None) -> TrainResult:
         from ray.exceptions import RayActorError, RayTaskError
         from tqdm import tqdm
 
@@ -339,8 +344,12 @@ class GRPOTrainer:
         try:
             with self._catching_signals():
                 try:
+                    initial = on_step(0, {}) if on_step and s.step == 0 else None
+                    if initial:
+                        metrics_log.write(0, initial)
+                        bar.write(console_line(0, initial))
                     while s.step < c.run.max_steps:
-                        self._cycle_logged(metrics_log, bar, history)
+                        self._cycle_logged(metrics_log, bar, history, on_step)
                         if self._stop_signal is not None:
                             self._interrupt(bar)
                     final = self.checkpoint()
@@ -360,13 +369,17 @@ class GRPOTrainer:
             metrics_log.close()
         return TrainResult(optimizer_steps=s.step, history=history, output_dir=str(out), checkpoint=str(final))
 
-    def _cycle_logged(self, metrics_log: MetricsLog, bar: Any, history: list[dict[str, Any]]) -> None:
+    def _cycle_logged(
+        self, metrics_log: MetricsLog, bar: Any, history: list[dict[str, Any]], on_step: StepHook | None = None
+    ) -> None:
         """One cycle, then its records logged, the skip guard and the periodic checkpoint."""
         c, s = self.config, self.state
         before = s.step
         for record in self._cycle():
-            history.append(record)
             step = int(record["step"])
+            if on_step:
+                record |= on_step(step, record) or {}
+            history.append(record)
             if step % c.run.logging_steps == 0:
                 metrics_log.write(step, record)
                 bar.write(console_line(step, record))
@@ -445,6 +458,7 @@ class GRPOTrainer:
         }
         for i, name in enumerate(self.reward_names):
             out[f"rewards/{name}"] = float(torch.nanmean(batch.rewards[:, i]))
+            out[f"rewards/{name}_std"] = float(torch.nan_to_num(nanstd(batch.rewards[:, i])))
         return out | {k: float(v) for k, v in batch.meta.items()}
 
     # -- checkpoints -----------------------------------------------------------------------------

@@ -1,20 +1,28 @@
-"""A tiny causal LM and a character tokenizer made on the spot, saved like a real checkpoint.
+"""Small causal LMs and tokenizers made on the spot, saved like a real checkpoint.
 
 No hub is reachable here, so recipes and tests build their model from a config and write it
 with ``save_pretrained``; everything downstream loads it back with ``from_pretrained``, the
-same code path a real checkpoint takes.
+same code path a real checkpoint takes. Tokenizers: one token per character (arith), made-up
+words (random-weight benchmarks), and a byte-level BPE trained on given texts with Qwen2.5's
+special tokens and ChatML chat template (the GSM8K recipe's ``--tiny``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
+#: Qwen2.5's chat template without its default system prompt.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     """One token per character of ``alphabet``, plus pad/bos/eos/unk."""
@@ -31,6 +39,26 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
         bos_token=SPECIAL_TOKENS["bos"],
         eos_token=SPECIAL_TOKENS["eos"],
         unk_token=SPECIAL_TOKENS["unk"],
+        padding_side="left",
+    )
+
+
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (Qwen2.5's kind) trained on ``texts``, with Qwen2.5's special tokens
+    (``<|endoftext|>`` pads, ``<|im_end|>`` ends a turn) and the ChatML chat template."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        chat_template=CHATML_TEMPLATE,
         padding_side="left",
     )
 
@@ -63,12 +91,17 @@ QWEN25_SHAPES = {
 }
 
 
-def random_checkpoint(shape: str, path: str | Path, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
-    """A random-weight Qwen2 model of a real shape and a word tokenizer of its vocabulary, on disk."""
+def random_checkpoint(
+    shape: str, path: str | Path, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+) -> Path:
+    """A random-weight Qwen2 model of a real shape and a word tokenizer of its vocabulary, on disk;
+    given a ``tokenizer``, the model's vocabulary is that tokenizer's."""
     torch.manual_seed(seed)
-    tokenizer = build_word_tokenizer(QWEN25_SHAPES[shape]["vocab_size"])
+    if tokenizer is None:
+        tokenizer = build_word_tokenizer(QWEN25_SHAPES[shape]["vocab_size"])
     config = Qwen2Config(
-        **QWEN25_SHAPES[shape],
+        **(QWEN25_SHAPES[shape] | {"vocab_size": len(tokenizer)}),
         max_position_embeddings=4096,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,

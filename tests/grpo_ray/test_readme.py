@@ -19,3 +19,43 @@ def test_readme_knob_table_is_current():
         "README.md's knob table is stale: replace the text between the knobs markers with the "
         "output of `python -m grpo_ray.cli --knob-table`"
     )
+
+
+# -- every snippet runs as written ------------------------------------------------------------
+
+import os  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+BLOCK = re.compile(r"(?:<!-- not run: (?P<why>[^>]*?) -->\n)?```(?P<lang>bash|python)\n(?P<code>.*?)```", re.S)
+
+
+def snippets() -> list[tuple[str | None, str, str]]:
+    """(reason it is not run or None, language, code) of every bash/python block, in order."""
+    return [(m["why"], m["lang"], m["code"]) for m in BLOCK.finditer(README.read_text())]
+
+
+def test_snippets_left_out_say_why_and_are_few():
+    skipped = [why for why, _, _ in snippets() if why is not None]
+    assert all(why.strip() for why in skipped)
+    assert len(skipped) <= 4, skipped  # install + suite, GPU, the minutes-long arith recipe and its resume
+    assert len(snippets()) - len(skipped) >= 4  # tiny GSM8K, plot, own data, library use
+
+
+@pytest.mark.slow
+def test_every_readme_snippet_runs_as_written(tmp_path):
+    """In order, in one fresh directory, as a new user would (later snippets use earlier outputs)."""
+    root = str(README.parent)
+    env = os.environ | {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for why, lang, code in snippets():
+        if why is not None:
+            continue
+        cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"README snippet failed:\n{code}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
+    assert (tmp_path / "outputs" / "gsm8k-tiny" / "metrics.png").is_file()
+    assert (tmp_path / "outputs" / "my-run" / "summary.json").is_file()
+    assert (tmp_path / "outputs" / "library-demo" / "run" / "metrics.jsonl").is_file()
