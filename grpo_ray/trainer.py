@@ -46,11 +46,10 @@ from grpo_ray.checkpoint import (
 )
 from grpo_ray.cli import config_from_dict, config_to_dict
 from grpo_ray.cluster import Actors, connect, place_actors
-from grpo_ray.config import ConfigError, TrainConfig
+from grpo_ray.config import ConfigError, ModelConfig, TrainConfig
 from grpo_ray.data import PromptSampler, columns_of
 from grpo_ray.guards import drop_nonfinite_rewards, zero_variance_groups
 from grpo_ray.rollout_batch import RolloutBatch
-from grpo_ray import startup
 from grpo_ray.tracking import MetricsLog, console_line
 from grpo_ray.weight_sync import make_weight_sync
 from grpo_ray.trainer_state import TrainerState
@@ -136,8 +135,29 @@ def preflight(
         except RuntimeError as err:
             raise ConfigError(str(err)) from None
     if check_model:
-        startup.check_model(config.model)
+        check_model_path(config.model)
     return check_output_dir(config)
+
+
+def check_model_path(model: ModelConfig) -> None:
+    """``model.name_or_path`` names a local checkpoint directory, or a hub id that loads."""
+    from transformers import AutoConfig
+
+    name = model.name_or_path
+    flag = f"model.name_or_path={name!r}"
+    if not name:
+        raise ConfigError("model.name_or_path is empty: give a checkpoint directory or hub id (--model.name_or_path PATH)")
+    path = Path(name).expanduser()
+    if not path.exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
+        raise ConfigError(f"{flag}: no such directory; give a checkpoint directory (one with config.json) or a hub id")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(f"{flag}: the directory has no config.json; give the directory save_pretrained wrote")
+    try:
+        AutoConfig.from_pretrained(name, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = "a local directory" if path.is_dir() else "not a local directory, and as a hub id"
+        raise ConfigError(f"{flag} does not load ({where}: {first}); give a checkpoint directory or a reachable hub id") from None
 
 
 def check_output_dir(config: TrainConfig) -> Path | None:

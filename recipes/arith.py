@@ -27,7 +27,6 @@ from grpo_ray.config import (
     OptimConfig, RewardConfig, RolloutConfig, RunConfig, SFTConfig, TrainConfig,
 )
 from grpo_ray.startup import check_output_dir
-from grpo_ray.trainer import preflight
 from grpo_ray.train import train, with_model
 from recipes.tiny_model import build_char_tokenizer, build_tiny_model, save_checkpoint
 
@@ -80,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = parse_config(argv, base=DEFAULTS, description=__doc__)
     with user_errors("python -m recipes.arith"):
-        preflight(config, check_model=False)  # reward names, a run already in the output dir: before any file
         out = check_output_dir(config.run.output_dir)
         if not config.data.dataset:  # the problems and the tiny model are made once per output directory
             problems = out / "problems"

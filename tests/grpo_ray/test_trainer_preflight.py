@@ -38,17 +38,17 @@ def test_model_path_errors_are_one_line_naming_the_flag_and_the_fix(tmp_path):
     with pytest.raises(ConfigError) as missing:
         preflight(tiny_config(tmp_path / "nonexistent", tmp_path / "out"))
     assert str(missing.value) == (
-        f"model.name_or_path='{tmp_path}/nonexistent' does not exist: pass a local checkpoint directory "
-        "with --model.name_or_path PATH"
+        f"model.name_or_path='{tmp_path}/nonexistent': no such directory; give a checkpoint directory "
+        "(one with config.json) or a hub id"
     )
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match=r"is not a checkpoint directory \(no config.json\): pass a local checkpoint"):
+    with pytest.raises(ConfigError, match=r"the directory has no config.json; give the directory save_pretrained wrote$"):
         preflight(tiny_config(tmp_path / "empty", tmp_path / "out"))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
     with pytest.raises(ConfigError) as broken:
         preflight(tiny_config(tmp_path / "broken", tmp_path / "out"))
-    assert "\n" not in str(broken.value) and "cannot be loaded: " in str(broken.value)
+    assert "\n" not in str(broken.value) and "does not load (a local directory" in str(broken.value)
 
 
 def test_a_reward_needing_a_column_the_rows_lack_is_named(model, tmp_path):

@@ -65,6 +65,6 @@ def test_a_missing_model_path_is_one_line_without_a_traceback(tmp_path):
     )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        "python -m recipes.arith: error: model.name_or_path='/nonexistent' does not exist: "
-        "pass a local checkpoint directory with --model.name_or_path PATH"
+        "python -m recipes.arith: error: model.name_or_path='/nonexistent': no such directory; "
+        "give a checkpoint directory (one with config.json) or a hub id"
     ]
