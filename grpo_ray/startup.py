@@ -42,12 +42,15 @@ def _looks_like_hub_id(name: str) -> bool:
     return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not name.endswith((".json", ".jsonl"))
 
 
-def check_output_dir(path: str) -> Path:
-    """Create ``run.output_dir`` and prove a file can be written in it."""
-    out = Path(path)
+def check_writable(path: str) -> Path:
+    """``run.output_dir`` can be created and written, proved without leaving anything behind: a
+    file is created (and removed) in the nearest directory that exists."""
+    out = Path(path).expanduser()
+    existing = next(p for p in (out, *out.parents) if p.exists())
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as err:
         raise StartupError(f"run.output_dir={path!r} is not writable ({err.strerror or err}): pick another directory") from None
@@ -55,28 +58,22 @@ def check_output_dir(path: str) -> Path:
 
 
 def check_model(model: ModelConfig, hint: str = "") -> None:
-    """``model.name_or_path`` is a local checkpoint directory, or a hub id that is cached or reachable."""
+    """``model.name_or_path`` loads: the trainer's check, after a fast one for a hub id with no Hub
+    in reach (no retries, no network traceback; says what to pass instead)."""
     from transformers import AutoConfig
 
+    from grpo_ray.trainer import check_model_path
+
     name = model.name_or_path
-    instead = f"pass a local checkpoint directory with --model.name_or_path PATH{hint}"
-    if not name:
-        raise StartupError(f"model.name_or_path is empty: {instead}")
-    local = Path(name).expanduser()
-    if local.exists() or not _looks_like_hub_id(name):
-        if not (local / "config.json").is_file():
-            what = "is not a checkpoint directory (no config.json)" if local.is_dir() else "does not exist"
-            raise StartupError(f"model.name_or_path={name!r} {what}: {instead}")
-    online = hub_reachable()
-    try:
-        AutoConfig.from_pretrained(name, trust_remote_code=model.trust_remote_code, local_files_only=not online)
-    except (OSError, ValueError) as err:
-        if not online and not local.exists():
+    if name and not Path(name).expanduser().exists() and _looks_like_hub_id(name) and not hub_reachable():
+        try:
+            AutoConfig.from_pretrained(name, trust_remote_code=model.trust_remote_code, local_files_only=True)
+        except (OSError, ValueError):
             raise StartupError(
                 f"model.name_or_path={name!r} is not a local directory, not in the Hugging Face cache, and the Hub "
-                f"cannot be reached from here: {instead}"
+                f"cannot be reached from here: pass a local checkpoint directory with --model.name_or_path PATH{hint}"
             ) from None
-        raise StartupError(f"model.name_or_path={name!r} cannot be loaded: {str(err).splitlines()[0]}") from None
+    check_model_path(model)
 
 
 def _root_cause(err: BaseException) -> str:

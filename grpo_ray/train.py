@@ -18,14 +18,14 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from grpo_ray.cli import parse_config, user_errors
 from grpo_ray.config import TrainConfig
 from grpo_ray.prompt_set import PromptSet, build_prompt_set
 from grpo_ray.prompting import AnswerFormat, answer_format, tutorial_chat_template
 from grpo_ray.startup import (
-    GGUF_MISSING, StartupError, check_columns, check_model, check_output_dir, find_gguf_converter, load_split,
+    GGUF_MISSING, StartupError, check_columns, check_model, check_writable, find_gguf_converter, load_split,
 )
 from grpo_ray.tracking import missing_sinks
 
@@ -59,54 +59,75 @@ def install_chat_template(tokenizer: Any, config: TrainConfig, fmt: AnswerFormat
         tokenizer.chat_template = path.read_text()
 
 
-def prompt_sets(config: TrainConfig, tokenizer: Any, fmt: AnswerFormat, hint: str) -> tuple[PromptSet, PromptSet]:
-    """The training prompts and the eval questions (empty when the eval is off)."""
+def load_data(config: TrainConfig, hint: str) -> tuple[Any, Any]:
+    """The training split (first ``data.max_rows`` rows) and the eval split (None when the eval is
+    off), each checked for the named columns."""
     d = config.data
     train_data = load_split(d, d.dataset, d.train_split, "data.dataset", hint)
     check_columns(train_data, d, d.dataset)
     if d.max_rows is not None:
         train_data = train_data.select(range(min(d.max_rows, len(train_data))))
-    limit = config.grpo.max_prompt_length
-    train_set = build_prompt_set(train_data, d, tokenizer, fmt, limit)
-    if not train_set.rows:
-        raise StartupError(
-            f"all {train_set.dropped} training prompts are longer than grpo.max_prompt_length={limit} tokens: raise it"
-        )
-    eval_set = PromptSet()
+    eval_data = None
     if config.eval.limit != 0 and d.eval_split is not None and d.answer_column is not None:
         source = d.eval_dataset or d.dataset
         eval_data = load_split(d, source, d.eval_split, "data.eval_dataset" if d.eval_dataset else "data.dataset", hint)
         check_columns(eval_data, d, source)
-        eval_set = build_prompt_set(eval_data, d, tokenizer, fmt, limit, config.eval.limit)
+    return train_data, eval_data
+
+
+def prompt_sets(config: TrainConfig, data: tuple[Any, Any], tokenizer: Any, fmt: AnswerFormat) -> tuple[PromptSet, PromptSet]:
+    """The training prompts and the eval questions (empty when the eval is off)."""
+    limit = config.grpo.max_prompt_length
+    train_set = build_prompt_set(data[0], config.data, tokenizer, fmt, limit)
+    if not train_set.rows:
+        raise StartupError(
+            f"all {train_set.dropped} training prompts are longer than grpo.max_prompt_length={limit} tokens: raise it"
+        )
+    eval_set = PromptSet() if data[1] is None else build_prompt_set(data[1], config.data, tokenizer, fmt, limit, config.eval.limit)
     return train_set, eval_set
 
 
-def train(config: TrainConfig, hint: str = "") -> dict[str, Any]:
-    """The whole run; raises :class:`StartupError` before anything heavy when the run cannot start."""
+#: ``make(config) -> config``: what a recipe makes on the spot (a tiny model, generated problems),
+#: written after every check that needs none of it, so a run that cannot start writes nothing.
+Make = Callable[[TrainConfig], TrainConfig]
+
+
+def train(config: TrainConfig, hint: str = "", make: Make | None = None) -> dict[str, Any]:
+    """The whole run; raises :class:`~grpo_ray.config.ConfigError` (one line naming the knob)
+    before any work or any file when the run cannot start."""
     from grpo_ray.modeling import load_tokenizer
     from grpo_ray.trainer import preflight
 
     started = time.perf_counter()
-    out = check_output_dir(config.run.output_dir)
+    out = check_writable(config.run.output_dir)
     problems = missing_sinks(config.run.report_to)
     if problems:
         raise StartupError(problems[0])
-    check_model(config.model, hint)
     try:
         fmt = answer_format(config.data.format)
     except ValueError as err:
         raise StartupError(str(err)) from None
     check_judge(config)
+    warmup = out / "sft"
+    # GRPO starts from the warm-up's checkpoint (what a resumed run's saved config says too).
+    grpo_config = with_model(config, warmup) if config.sft.steps else config
+    preflight(grpo_config, check_model=False)  # reward names, output-dir reuse, resume
+    if config.model.name_or_path:
+        check_model(config.model, hint)
+    data = load_data(config, hint) if config.data.dataset else None
     converter = find_gguf_converter(config.export) if config.export.gguf else None
     if config.export.gguf and converter is None:
         print(f"warning: {GGUF_MISSING}", flush=True)
+    if make is not None:
+        made = make(config)
+        if made.model.name_or_path != config.model.name_or_path:
+            check_model(made.model, hint)
+        config, data = made, data or load_data(made, hint)
+        grpo_config = with_model(config, warmup) if config.sft.steps else config
     tokenizer = load_tokenizer(config.model)
     install_chat_template(tokenizer, config, fmt)
-    train_set, eval_set = prompt_sets(config, tokenizer, fmt, hint)
-    warmup = out / "sft"
-    if config.sft.steps:  # GRPO starts from the warm-up's checkpoint (a resumed run's config says so too)
-        base_model, config = config.model, with_model(config, warmup)
-    preflight(config, train_set.rows, check_model=False)  # rewards, their columns, output-dir reuse, resume
+    train_set, eval_set = prompt_sets(config, data, tokenizer, fmt)
+    preflight(grpo_config, train_set.rows, check_model=False)  # the columns the reward functions need
     print(
         f"data: {len(train_set.rows)} training prompts (longest {train_set.longest} tokens; {train_set.dropped} dropped "
         f"as longer than grpo.max_prompt_length={config.grpo.max_prompt_length}), {len(eval_set.rows)} eval questions",
@@ -118,12 +139,11 @@ def train(config: TrainConfig, hint: str = "") -> dict[str, Any]:
         from grpo_ray.sft import supervised_warmup
 
         prompts = [r["prompt"] for r in train_set.rows]
-        sft_config = dataclasses.replace(config, model=base_model)
-        _, summary["sft"] = supervised_warmup(sft_config, tokenizer, prompts, train_set.solutions, warmup)
+        _, summary["sft"] = supervised_warmup(config, tokenizer, prompts, train_set.solutions, warmup)
         print(f"SFT warm-up: loss {summary['sft']['sft/loss_first']:.3f} -> {summary['sft']['sft/loss_last']:.3f}; "
               f"checkpoint {warmup}", flush=True)
-    summary |= run_grpo(config, train_set, eval_set)
-    summary["exports"] = export_all(config, out, tokenizer, converter)
+    summary |= run_grpo(grpo_config, train_set, eval_set)
+    summary["exports"] = export_all(grpo_config, out, tokenizer, converter)
     summary["plot"] = plot_if_possible(out)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -26,7 +26,6 @@ from grpo_ray.config import (
     BatchConfig, DataConfig, EvalConfig, ExportConfig, GenerationConfig, GRPOConfig, LoraConfig, ModelConfig,
     OptimConfig, RewardConfig, RolloutConfig, RunConfig, SFTConfig, TrainConfig,
 )
-from grpo_ray.startup import check_output_dir
 from grpo_ray.train import train, with_model
 from recipes.tiny_model import build_char_tokenizer, build_tiny_model, save_checkpoint
 
@@ -75,24 +74,27 @@ def write_problems(path: Path) -> Path:
     return path
 
 
+def make(config: TrainConfig) -> TrainConfig:
+    """The problems and the tiny model, made once per output directory (a resumed run reuses them)."""
+    out = Path(config.run.output_dir)
+    if not config.data.dataset:
+        if not (out / "problems" / "test.jsonl").is_file():
+            write_problems(out / "problems")
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=str(out / "problems")))
+    if not config.model.name_or_path:
+        if not (out / "tiny-model" / "config.json").is_file():
+            tokenizer = build_char_tokenizer(ALPHABET)
+            tiny = build_tiny_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, max_positions=32, seed=config.run.seed)
+            save_checkpoint(tiny, tokenizer, out / "tiny-model")
+        config = with_model(config, out / "tiny-model")
+    return config
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = parse_config(argv, base=DEFAULTS, description=__doc__)
     with user_errors("python -m recipes.arith"):
-        out = check_output_dir(config.run.output_dir)
-        if not config.data.dataset:  # the problems and the tiny model are made once per output directory
-            problems = out / "problems"
-            if not (problems / "test.jsonl").is_file():
-                write_problems(problems)
-            config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=str(problems)))
-        if not config.model.name_or_path:
-            path = out / "tiny-model"
-            if not (path / "config.json").is_file():
-                tokenizer = build_char_tokenizer(ALPHABET)
-                tiny = build_tiny_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, max_positions=32, seed=config.run.seed)
-                save_checkpoint(tiny, tokenizer, path)
-            config = with_model(config, path)
-        return train(config)
+        return train(config, make=make)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -31,7 +32,6 @@ from grpo_ray.config import (
     OptimConfig, RewardConfig, RunConfig, SFTConfig, TrainConfig,
 )
 from grpo_ray.prompting import answer_format
-from grpo_ray.startup import check_output_dir
 from grpo_ray.train import train, with_model
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "gsm8k_sample"
@@ -104,17 +104,21 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, TrainConfig]:
     return args, parse_config(rest, base=base, description=__doc__)
 
 
+def make_tiny(config: TrainConfig, shape: str) -> TrainConfig:
+    """--tiny's model, made once per output directory (a resumed run reuses it)."""
+    path = Path(config.run.output_dir) / "tiny-model"
+    if not (path / "config.json").is_file():
+        print(f"--tiny: building a random-weight {shape} model and a BPE tokenizer in {path}", flush=True)
+        build_tiny_checkpoint(path, shape, config.run.seed)
+    return with_model(config, path)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args, config = parse(list(sys.argv[1:] if argv is None else argv))
+    make = functools.partial(make_tiny, shape=args.tiny) if args.tiny and not config.model.name_or_path else None
     with user_errors("python -m recipes.gsm8k"):
-        if args.tiny and not config.model.name_or_path:
-            path = check_output_dir(config.run.output_dir) / "tiny-model"
-            if not (path / "config.json").is_file():  # made once per output directory (a resumed run reuses it)
-                print(f"--tiny: building a random-weight {args.tiny} model and a BPE tokenizer in {path}", flush=True)
-                build_tiny_checkpoint(path, args.tiny, config.run.seed)
-            config = with_model(config, path)
-        return train(config, hint=HINT)
+        return train(config, hint=HINT, make=make)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import ray
@@ -31,8 +32,10 @@ def args(checkpoint, data, out, *extra):
 
 
 def startup_error(capsys, argv) -> str:
+    out = Path(argv[argv.index("--run.output_dir") + 1])
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
+    assert not out.exists()  # stopped before writing anything
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("python -m grpo_ray train: error: ")]
@@ -61,7 +64,7 @@ def test_missing_column(capsys, checkpoint, data_file, tmp_path):
 
 def test_unknown_model_path(capsys, data_file, tmp_path):
     line = startup_error(capsys, args(tmp_path / "no-model", data_file, tmp_path / "out"))
-    assert "model.name_or_path" in line and "no-model" in line and "does not exist" in line
+    assert "model.name_or_path" in line and "no-model" in line and "no such directory" in line
 
 
 def test_unwritable_output_dir(capsys, checkpoint, data_file, tmp_path):
@@ -99,4 +102,4 @@ def test_default_gsm8k_command_offline_says_tiny_or_local_model(capsys, monkeypa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "Qwen/Qwen2.5-1.5B-Instruct" in err and "--model.name_or_path" in err and "--tiny" in err
-    assert "Traceback" not in err and not ray.is_initialized()
+    assert "Traceback" not in err and not ray.is_initialized() and not (tmp_path / "out").exists()
