@@ -219,7 +219,7 @@ def part_step(workdir: Path, steps: int) -> dict:
 
 def part_single_card(workdir: Path, steps: int) -> dict:
     """The seeds' single-card case in bf16 (no 4-bit): Qwen2.5-1.5B shape, LoRA r16, colocate,
-    256 prompt + 768 completion tokens, 8 generations per prompt; where the memory goes."""
+    256 prompt + 768 completion tokens, 8 generations per prompt, eager vLLM; where the memory goes."""
     import dataclasses
 
     import torch
@@ -242,6 +242,7 @@ def part_single_card(workdir: Path, steps: int) -> dict:
         # 2 prompts x 8 generations (the config needs 2 prompts per cycle), micro-batch 2
         batch=BatchConfig(per_device_train_batch_size=2, gradient_accumulation_steps=8),
         model=dataclasses.replace(base.model, logprob_chunk_size=1024),
+        rollout=dataclasses.replace(base.rollout, enforce_eager=True),  # no CUDA-graph pool
     )
     worker = ColocatedWorker(config)
     engine_weights = sum(p.numel() * p.element_size() for p in worker.engine.model.parameters()) / 2**30

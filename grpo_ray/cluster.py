@@ -81,7 +81,7 @@ def connect(config: TrainConfig) -> None:
         return
     needed = sum(b.get("CPU", 0.0) for b in bundles(config))
     num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
-    ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False)
+    ray.init(address="local", num_cpus=num_cpus, runtime_env=env, include_dashboard=False)  # never a neighbour's cluster
     log.info("started a local Ray cluster with %d logical CPUs", num_cpus)
 
 

@@ -10,6 +10,7 @@ special tokens and ChatML chat template (the GSM8K recipe's ``--tiny``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from typing import Iterable
 
 import torch
@@ -24,15 +25,16 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
-    """One token per character of ``alphabet``, plus pad/bos/eos/unk."""
-    chars = sorted(set(alphabet))
+
+def _word_level(tokens: list[str], pre_tokenizer: Any, decoder: Any = None) -> PreTrainedTokenizerFast:
+    """A fixed-vocabulary tokenizer: pad/bos/eos/unk, then ``tokens``, split by ``pre_tokenizer``."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
-    for ch in chars:
-        vocab.setdefault(ch, len(vocab))
+    for tok in tokens:
+        vocab.setdefault(tok, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
+    core.pre_tokenizer = pre_tokenizer
+    if decoder is not None:
+        core.decoder = decoder
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token=SPECIAL_TOKENS["pad"],
@@ -63,21 +65,15 @@ def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrai
     )
 
 
+def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """One token per character of ``alphabet``, plus pad/bos/eos/unk."""
+    return _word_level(sorted(set(alphabet)), pre_tokenizers.Split(Regex("."), behavior="isolated"), decoders.Fuse())
+
+
 def build_word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A tokenizer of ``vocab_size`` made-up words ``w0 w1 ...`` (plus pad/bos/eos/unk), for
     random-weight models of real shapes: every id a model can sample decodes to something."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
-    vocab.update({f"w{i}": len(SPECIAL_TOKENS) + i for i in range(vocab_size - len(SPECIAL_TOKENS))})
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token=SPECIAL_TOKENS["pad"],
-        bos_token=SPECIAL_TOKENS["bos"],
-        eos_token=SPECIAL_TOKENS["eos"],
-        unk_token=SPECIAL_TOKENS["unk"],
-        padding_side="left",
-    )
+    return _word_level([f"w{i}" for i in range(vocab_size - len(SPECIAL_TOKENS))], pre_tokenizers.WhitespaceSplit())
 
 
 # Shapes of real checkpoints (their config.json), for random-weight benchmarks where no weights can be fetched.

@@ -99,6 +99,10 @@ def test_sync_makes_the_engine_sample_from_the_learners_weights(worker):
     batch.rewards = batch.completion_mask.sum(1, keepdim=True).float()  # reward length: a clear direction
     batch.advantages = compute_advantages(batch.rewards, 4)
     worker.train_generation(batch, cycle=0)
+    with torch.no_grad():  # a plainly visible update on top (one step at a test's lr moves a random model little)
+        for name, p in worker.learner.policy.named_parameters():
+            if ".lora_B." in name:
+                p.add_(torch.randn_like(p) * 0.05)
     tol = sync_tolerance(worker.learner.config)
     if not worker.engine.shares_weights:  # LoRA: the engine still has the old adapter
         assert _gap(worker) > tol, "the update was too small for the guard to see a skipped sync"
