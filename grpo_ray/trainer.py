@@ -51,7 +51,7 @@ from grpo_ray.data import PromptSampler, columns_of
 from grpo_ray.guards import drop_nonfinite_rewards, zero_variance_groups
 from grpo_ray.rollout_batch import RolloutBatch
 from grpo_ray.tracking import MetricsLog, console_line
-from grpo_ray.weight_sync import make_weight_sync
+from grpo_ray.weight_sync import WeightSyncError, make_weight_sync
 from grpo_ray.trainer_state import TrainerState
 
 log = logging.getLogger("grpo_ray")
@@ -249,12 +249,10 @@ class GRPOTrainer:
 
     def _resync(self, worker: Any) -> None:
         """Give one (restarted) rollout worker the current weights before it serves again."""
-        import ray
-
-        version, weights = ray.get(self.actors.learner.weights.remote())
-        if version != self.version:
-            raise TrainingFailed(f"cannot re-sync a rollout worker: learner at {version}, the run at {self.version}")
-        ray.get(worker.update_weights.remote(weights, version))
+        try:
+            self.weight_sync.resync(worker, self.version)
+        except WeightSyncError as err:
+            raise TrainingFailed(str(err)) from None
 
     def _gather(
         self,
