@@ -126,12 +126,14 @@ class CollectiveSync(WeightSync):
 
     The group is formed at the first push and again after a worker restarted or a push
     failed (a restarted worker is not in the old one). Each push is bounded by
-    ``rollout.sync_timeout_s``; members' own operations time out at the same bound."""
+    ``rollout.sync_timeout_s``. Members' own operations give up after 3/4 of it, so at the
+    deadline the healthy ones have answered (with a timeout) and only a stalled one is out."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         r = self.config.rollout
         self.timeout_s = r.sync_timeout_s
+        self.member_timeout_s = 0.75 * r.sync_timeout_s
         self.bucket_bytes = int(r.sync_bucket_mb * 2**20)
         self.backend = "nccl" if self.config.rollout.backend == "vllm" or r.num_gpus_per_worker > 0 else "gloo"
         self.specs: list[Any] | None = None  # tensor names, shapes and dtypes, fixed for the run
@@ -140,9 +142,9 @@ class CollectiveSync(WeightSync):
         import ray
 
         world = 1 + len(self.rollout_workers)
-        host, port = ray.get(self.learner.host_group.remote(world, self.timeout_s))
-        joins = [self.learner.join_sync_group.remote(world, self.timeout_s)] + [
-            w.join_sync_group.remote(self.backend, host, port, 1 + i, world, self.timeout_s)
+        host, port = ray.get(self.learner.host_group.remote(world, self.member_timeout_s))
+        joins = [self.learner.join_sync_group.remote(world, self.member_timeout_s)] + [
+            w.join_sync_group.remote(self.backend, host, port, 1 + i, world, self.member_timeout_s)
             for i, w in enumerate(self.rollout_workers)
         ]
         self._await("form the weight-sync group", joins[0], joins[1:])
@@ -170,19 +172,21 @@ class CollectiveSync(WeightSync):
         everyone = [sender, *receivers]
         ray.wait(everyone, num_returns=len(everyone), timeout=self.timeout_s)
         ready = set(ray.wait(everyone, num_returns=len(everyone), timeout=0)[0])
-        problems = []
+        problems: list[tuple[int, str]] = []  # (0 died, 1 stalled, 2 failed: likely the others' victim), text
         for name, ref in [*((f"rollout worker {i}", r) for i, r in enumerate(receivers)), ("learner rank 0", sender)]:
             if ref not in ready:
-                problems.append(f"{name} did not finish within rollout.sync_timeout_s={self.timeout_s:g}s (stalled)")
+                problems.append((1, f"{name} did not finish within rollout.sync_timeout_s={self.timeout_s:g}s (stalled)"))
                 continue
             try:
                 ray.get(ref)
             except ray.exceptions.RayActorError as err:
-                problems.append(f"{name} died ({type(err).__name__})")
+                problems.append((0, f"{name} died ({type(err).__name__})"))
             except ray.exceptions.RayTaskError as err:
-                problems.append(f"{name} failed: {type(err.cause).__name__}: {str(err.cause).splitlines()[0][:200]}")
+                cause = str(err.cause).strip().splitlines()[0][:200] if str(err.cause).strip() else ""
+                problems.append((2, f"{name} failed: {type(err.cause).__name__}: {cause}"))
         if problems:
-            raise WeightSyncError(f"could not {what}: " + "; ".join(problems))
+            problems.sort(key=lambda p: p[0])
+            raise WeightSyncError(f"could not {what}: " + "; ".join(text for _, text in problems))
 
     def resync(self, worker: Any, version: int) -> None:
         super().resync(worker, version)

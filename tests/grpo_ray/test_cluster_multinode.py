@@ -89,7 +89,11 @@ def test_two_learner_ranks_on_their_own_node_match_one_process(cluster, checkpoi
         }
 
     nodes: dict[str, str] = {}
-    history, versions, seen = _train(ranked, placement)
+    def placement_and_specs(trainer):
+        return placement(trainer) | {"synced": [s.name for s in trainer.weight_sync.specs]}
+
+    history, versions, seen = _train(ranked, placement_and_specs)
+    assert seen["synced"] and all("lora_" in name for name in seen["synced"])  # LoRA on: only adapter tensors
     assert seen["learner ranks"] == {nodes["learner_node"]} and len(nodes) == 3
     assert seen["rollout"] == {nodes["rollout_node"]} and seen["reward"] == {nodes["reward_node"]}
     assert seen["shipped"] == ["actors", "grpo_ray", "kernels", "recipes"]  # unpacked on the learners' node

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CODE = """
 import sys
-import grpo_ray.loss, grpo_ray.advantages, grpo_ray.batching, grpo_ray.config, grpo_ray.cli
+import grpo_ray.loss, grpo_ray.advantages, grpo_ray.batching, grpo_ray.config, grpo_ray.cli, grpo_ray.collective
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "vllm", "transformers", "trl", "deepspeed"))
 print(",".join(heavy))
 """
