@@ -205,6 +205,11 @@ class BatchConfig:
         "Learner processes (data-parallel ranks, one Ray actor each, one torch.distributed group: gloo on "
         "CPU, NCCL on GPU); each trains on its rows of the batch plan and gradients are averaged.",
     )
+    train_backend: str = knob(
+        "plain",
+        "How learner ranks share the work: plain (each rank a full copy; gradients all-reduced) or "
+        "deepspeed_zero2 / deepspeed_zero3 (GPU only; not built yet: refused at start-up).",
+    )
     learner_resources: tuple[str, ...] = knob(
         (), "Custom Ray resources each learner rank needs, as 'NAME=AMOUNT' (e.g. a node label 'learner_node=1')."
     )
@@ -214,6 +219,7 @@ class BatchConfig:
         if not isinstance(self.learner_resources, tuple):
             object.__setattr__(self, "learner_resources", tuple(self.learner_resources))
         _check_resources(s, "learner_resources", self.learner_resources)
+        _check_choice(s, "train_backend", self.train_backend, ("plain", "deepspeed_zero2", "deepspeed_zero3"))
         _check_int(s, "per_device_train_batch_size", self.per_device_train_batch_size, 1)
         _check_int(s, "gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         if self.steps_per_generation is not None:

@@ -127,9 +127,27 @@ def preflight(config: TrainConfig, rows: Sequence[dict[str, Any]] | None = None,
             require_supported_vllm()
         except RuntimeError as err:
             raise ConfigError(str(err)) from None
+    check_train_backend(config)
     if check_model:
         check_model_path(config.model)
     return check_output_dir(config)
+
+
+def check_train_backend(config: TrainConfig) -> None:
+    """The sharded (DeepSpeed ZeRO) learner is a seam only: it needs GPUs, and is not built yet."""
+    from grpo_ray.cluster import uses_gpu
+
+    backend = config.batch.train_backend
+    if backend == "plain":
+        return
+    flag = f"batch.train_backend={backend!r}"
+    if not uses_gpu(config):
+        raise ConfigError(f"{flag} shards the learner over GPUs with DeepSpeed and this run uses none: set batch.train_backend='plain'")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{flag} needs DeepSpeed: pip install -e '.[gpu]' (or set batch.train_backend='plain')") from None
+    raise ConfigError(f"{flag}: the DeepSpeed learner is not built in this version; set batch.train_backend='plain'")
 
 
 def check_model_path(model: ModelConfig) -> None:
