@@ -79,6 +79,7 @@ class Learner:
         self.rank, self.world_size = rank, config.batch.num_processes
         self._store: Any = None  # the TCPStore rank 0 hosts for a group being formed
         self._sync_group: Any = None  # learner rank 0 + the rollout engines (collective weight sync)
+        self._sync_on_cpu = True
 
     # -- process groups --------------------------------------------------------------------------
 
@@ -100,16 +101,18 @@ class Learner:
                 dist.broadcast(p.data, 0)
         return self.rank
 
-    def join_sync_group(self, world_size: int, timeout_s: float) -> int:
+    def join_sync_group(self, backend: str, world_size: int, timeout_s: float) -> int:
         """Rank 0: join the weight-sync group it hosts (:meth:`host_group`) as its rank 0."""
         self._sync_group = collective.join_group(
-            group_backend(), 0, world_size, timeout_s, store=self._store, device=self._device()
+            backend, 0, world_size, timeout_s, store=self._store, device=self._device()
         )
+        self._sync_on_cpu = backend == "gloo"
         return 0
 
     def broadcast_weights(self, bucket_bytes: int) -> int:
         """Rank 0: send the current weights to the sync group; returns their version."""
-        collective.send(self._sync_group, self.weights(copy_to_cpu=False)[1], self.version, bucket_bytes)
+        weights = self.weights(copy_to_cpu=self._sync_on_cpu)[1]  # gloo sends from CPU, NCCL from the GPU
+        collective.send(self._sync_group, weights, self.version, bucket_bytes)
         return self.version
 
     def weight_specs(self) -> list[collective.TensorSpec]:

@@ -143,7 +143,7 @@ class CollectiveSync(WeightSync):
 
         world = 1 + len(self.rollout_workers)
         host, port = ray.get(self.learner.host_group.remote(world, self.member_timeout_s))
-        joins = [self.learner.join_sync_group.remote(world, self.member_timeout_s)] + [
+        joins = [self.learner.join_sync_group.remote(self.backend, world, self.member_timeout_s)] + [
             w.join_sync_group.remote(self.backend, host, port, 1 + i, world, self.member_timeout_s)
             for i, w in enumerate(self.rollout_workers)
         ]
