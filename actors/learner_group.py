@@ -10,6 +10,7 @@ every rank.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 #: Methods every rank runs; the rest go to rank 0.
@@ -18,6 +19,14 @@ FAN_OUT = frozenset({"train_generation", "load_state"})
 
 def _first(*answers: Any) -> Any:
     return answers[0]
+
+
+@cache
+def _first_task() -> Any:
+    """``_first`` as a Ray task (made once): it runs when every rank answered, and fails if one failed."""
+    import ray
+
+    return ray.remote(num_cpus=0)(_first)
 
 
 class _FanOut:
@@ -29,7 +38,7 @@ class _FanOut:
 
         args = tuple(ray.put(a) for a in args)  # one copy in the object store, read by every rank
         refs = [m.remote(*args, **kwargs) for m in self.methods]
-        return ray.remote(num_cpus=0)(_first).remote(*refs)
+        return _first_task().remote(*refs)
 
 
 class LearnerGroup:
