@@ -45,7 +45,7 @@ from grpo_ray.checkpoint import (
     remove_stale, resolve_resume, rotate, step_checkpoints, write_atomic,
 )
 from grpo_ray.cli import config_from_dict, config_to_dict
-from grpo_ray.cluster import Actors, connect, place_actors
+from grpo_ray.cluster import Actors, connect, place_actors, uses_gpu
 from grpo_ray.config import ConfigError, ModelConfig, TrainConfig
 from grpo_ray.data import PromptSampler, columns_of
 from grpo_ray.guards import drop_nonfinite_rewards, zero_variance_groups
@@ -135,8 +135,6 @@ def preflight(config: TrainConfig, rows: Sequence[dict[str, Any]] | None = None,
 
 def check_train_backend(config: TrainConfig) -> None:
     """The sharded (DeepSpeed ZeRO) learner is a seam only: it needs GPUs, and is not built yet."""
-    from grpo_ray.cluster import uses_gpu
-
     backend = config.batch.train_backend
     if backend == "plain":
         return

@@ -28,6 +28,7 @@ import random
 import time
 from typing import Any
 
+from grpo_ray.cluster import uses_gpu
 from grpo_ray.config import TrainConfig
 
 PROBE_LENGTH = 32
@@ -135,7 +136,7 @@ class CollectiveSync(WeightSync):
         self.timeout_s = r.sync_timeout_s
         self.member_timeout_s = 0.75 * r.sync_timeout_s
         self.bucket_bytes = int(r.sync_bucket_mb * 2**20)
-        self.backend = "nccl" if self.config.rollout.backend == "vllm" or r.num_gpus_per_worker > 0 else "gloo"
+        self.backend = "nccl" if uses_gpu(self.config) else "gloo"
         self.specs: list[Any] | None = None  # tensor names, shapes and dtypes, fixed for the run
 
     def _form_group(self) -> None:
