@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_ray.batching import plan_generation_cycle
+from grpo_ray import collective
+from grpo_ray.batching import plan_generation_cycle, rank_rows
 from grpo_ray.checkpoint import LEARNER_STATE
 from grpo_ray.config import TrainConfig
 from grpo_ray.loss import grpo_loss, mask_truncated_completions
@@ -21,8 +22,16 @@ from grpo_ray.modeling import completion_logprobs, export_weights, load_policy, 
 from grpo_ray.rollout_batch import RolloutBatch
 
 
+#: Seconds a collective of the learner group (gradient all-reduce) waits for the slowest rank.
+LEARNER_GROUP_TIMEOUT_S = 600.0
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def group_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
 
 
 class Learner:
@@ -36,9 +45,17 @@ class Learner:
     skipped (its gradients dropped, the weights and the optimizer's moments untouched); it
     still counts as a step (the schedule and the weight version advance) and reports
     ``skipped = 1``. The driver counts skips and stops the run after too many in a row.
+
+    Data parallel (``batch.num_processes = N``): N of these, ``rank`` 0..N-1, join one
+    ``torch.distributed`` group (:meth:`host_group` on rank 0, then :meth:`join_group` on every
+    rank); each trains on its rows of the batch plan with TRL's multi-process loss scaling,
+    gradients and logged metrics are averaged over ranks before each optimizer step, so every
+    rank takes the same step. Rank 0 exports the weights and saves.
     """
 
-    def __init__(self, config: TrainConfig, num_cpus: int = 1, policy: torch.nn.Module | None = None):
+    def __init__(
+        self, config: TrainConfig, num_cpus: int = 1, policy: torch.nn.Module | None = None, rank: int = 0
+    ):
         """``policy``: a model built elsewhere (the colocated vLLM worker's, on the engine's tensors)."""
         from transformers import get_scheduler
 
@@ -59,6 +76,53 @@ class Learner:
             o.lr_scheduler_type, self.optimizer, num_warmup_steps=int(o.warmup_ratio * total), num_training_steps=total
         )
         self.version = 0  # bumped by every optimizer step
+        self.rank, self.world_size = rank, config.batch.num_processes
+        self._store: Any = None  # the TCPStore rank 0 hosts for a group being formed
+        self._sync_group: Any = None  # learner rank 0 + the rollout engines (collective weight sync)
+        self._sync_on_cpu = True
+
+    # -- process groups --------------------------------------------------------------------------
+
+    def host_group(self, world_size: int, timeout_s: float) -> tuple[str, int]:
+        """Rank 0: host the rendezvous of a group of ``world_size``; returns its (host, port)."""
+        self._store, host, port = collective.host_store(world_size, timeout_s)
+        return host, port
+
+    def join_group(self, host: str, port: int) -> int:
+        """Join the learner group; rank 0's trainable weights are copied to every rank. Returns the rank."""
+        import torch.distributed as dist
+        from datetime import timedelta
+
+        timeout = timedelta(seconds=LEARNER_GROUP_TIMEOUT_S)
+        store = self._store if self.rank == 0 else dist.TCPStore(host, port, self.world_size, timeout=timeout)
+        dist.init_process_group(group_backend(), store=store, rank=self.rank, world_size=self.world_size, timeout=timeout)
+        with torch.no_grad():
+            for p in self.params:
+                dist.broadcast(p.data, 0)
+        return self.rank
+
+    def join_sync_group(self, backend: str, world_size: int, timeout_s: float) -> int:
+        """Rank 0: join the weight-sync group it hosts (:meth:`host_group`) as its rank 0."""
+        self._sync_group = collective.join_group(
+            backend, 0, world_size, timeout_s, store=self._store, device=self._device()
+        )
+        self._sync_on_cpu = backend == "gloo"
+        return 0
+
+    def broadcast_weights(self, bucket_bytes: int) -> int:
+        """Rank 0: send the current weights to the sync group; returns their version."""
+        weights = self.weights(copy_to_cpu=self._sync_on_cpu)[1]  # gloo sends from CPU, NCCL from the GPU
+        collective.send(self._sync_group, weights, self.version, bucket_bytes)
+        return self.version
+
+    def weight_specs(self) -> list[collective.TensorSpec]:
+        return collective.specs_of(self.weights(copy_to_cpu=False)[1])
+
+    def weight_version(self) -> int:
+        return self.version
+
+    def _device(self) -> torch.device:
+        return next(self.policy.parameters()).device
 
     # -- weights ---------------------------------------------------------------------------------
 
@@ -178,7 +242,10 @@ class Learner:
         mask = batch.completion_mask.float()  # [N, T]
         if c.grpo.mask_truncated_completions:
             mask = mask_truncated_completions(mask, batch.truncated)
-        num_items = mask.sum()
+        num_items = mask.sum()  # over the whole generation batch, every rank's rows
+        mine = rank_rows(plan, self.rank)
+        position = {row: i for i, row in enumerate(mine)}
+        batch, mask = batch.select(mine), mask[mine]
         started = time.perf_counter()
         # Old logprobs are needed only if the weights move within one generation (TRL's rule);
         # otherwise the detached current logprobs equal them.
@@ -189,7 +256,7 @@ class Learner:
         results: list[dict[str, float]] = []
         window: dict[str, list[float]] = {}
         for step in plan:
-            rows = step.rows[0]
+            rows = [position[r] for r in step.rows[self.rank]]
             part = batch.select(rows)
             t = part.completion_ids.shape[1]
             logps, entropy = self._logps(self.policy, part, with_entropy=True)
@@ -224,9 +291,13 @@ class Learner:
         return results
 
     def _optimizer_step(self, window: dict[str, list[float]]) -> dict[str, float]:
+        out = {k: _mean(v) for k, v in window.items()}
+        out["loss"] = sum(window["loss"])  # micro-losses are already scaled to sum to the step's loss
+        if self.world_size > 1:
+            out = self._average_over_ranks(out)
         max_norm = self.config.optim.max_grad_norm
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm > 0 else float("inf")))
-        loss = sum(window["loss"])  # micro-losses are already scaled to sum to the step's loss
+        loss = out["loss"]
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         lr = self.scheduler.get_last_lr()[0]
         if not skipped:
@@ -236,9 +307,27 @@ class Learner:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.version += 1
-        out = {k: _mean(v) for k, v in window.items()}
         out.update({
             "loss": loss, "grad_norm": grad_norm, "learning_rate": lr, "weight_version": float(self.version),
             "skipped": float(skipped),
         })
         return out
+
+    def _average_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Gradients and metrics averaged over the learner group (each rank's loss carries TRL's
+        ``num_processes`` factor, so the average is the whole batch's loss and gradient)."""
+        import torch.distributed as dist
+
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = collective.pack([p.grad for p in self.params])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        with torch.no_grad():
+            for p, g in zip(self.params, flat.split([p.numel() for p in self.params])):
+                p.grad.copy_(g.view_as(p))
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=flat.device)
+        dist.all_reduce(values)
+        return dict(zip(keys, (values / self.world_size).tolist()))

@@ -9,6 +9,7 @@ import torch
 
 from actors.engines import make_engine
 from actors.engines.base import GenerationEngine
+from grpo_ray import collective
 from grpo_ray.config import TrainConfig
 from grpo_ray.modeling import load_tokenizer
 from grpo_ray.prompts import as_completions, encode_prompts
@@ -30,6 +31,7 @@ class RolloutWorker:
         self.tokenizer = load_tokenizer(config.model)
         self.engine = engine if engine is not None else make_engine(config)
         self.version = -1  # no weights from the learner yet
+        self._sync_group: Any = None  # collective weight sync: learner rank 0 + every engine
 
     def generate(self, prompts: list[Any], *, num_generations: int, seed: int, greedy: bool = False) -> RolloutBatch:
         """``num_generations`` completions for each prompt, stamped with this worker's weight version."""
@@ -58,6 +60,20 @@ class RolloutWorker:
         self.engine.update_weights(weights)
         self.version = version
         return self.version
+
+    def join_sync_group(self, backend: str, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> int:
+        """Join the weight-sync group learner rank 0 hosts (collective sync); returns this worker's rank in it."""
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else None
+        self._sync_group = collective.join_group(backend, rank, world_size, timeout_s, host=host, port=port, device=device)
+        self._sync_device = device
+        return rank
+
+    def receive_weights(self, specs: list[collective.TensorSpec], version: int, bucket_bytes: int) -> int:
+        """Take broadcast ``version`` from learner rank 0, whole, then load it; returns the new version."""
+        if self._sync_group is None:
+            raise RuntimeError(f"rollout worker {self.worker_index} is in no weight-sync group (it restarted)")
+        weights = collective.receive(self._sync_group, specs, version, bucket_bytes, self._sync_device)
+        return self.update_weights(weights, version)
 
     def sampler_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """The engine's logprobs of a probe sequence (the stale-weight guard's half)."""

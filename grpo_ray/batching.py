@@ -123,3 +123,8 @@ def plan_generation_cycle(
             )
         )
     return steps
+
+
+def rank_rows(plan: list[MicroStep], rank: int) -> list[int]:
+    """Rows of the generation batch that process ``rank`` trains on in ``plan`` (sorted, each once)."""
+    return sorted({row for step in plan for row in step.rows[rank]})

@@ -3,11 +3,16 @@
 One placement group reserves a bundle per actor; the same code runs on a laptop, one GPU box
 or many nodes, since Ray decides where each bundle lands. ``run.mode`` picks the shape:
 
-- distributed: a learner, ``rollout.num_workers`` rollout workers and the reward workers,
-  each its own actor; weights travel through the object store (:mod:`grpo_ray.weight_sync`).
+- distributed: ``batch.num_processes`` learner ranks (one torch.distributed group, seen by
+  the driver as one learner: :class:`~actors.learner_group.LearnerGroup`),
+  ``rollout.num_workers`` rollout workers and the reward workers, each its own actor;
+  weights travel through the object store or a broadcast group (:mod:`grpo_ray.weight_sync`).
+  Each role's bundle asks for its custom resources (``batch.learner_resources``,
+  ``rollout.resources``, ``reward.resources``), which is how roles are pinned to nodes.
 - colocate: one :class:`~actors.colocated_worker.ColocatedWorker` holds the learner and the
   engine (one GPU, one copy of the base weights) and plays both roles for the driver. ``run.ray_address`` (or ``$RAY_ADDRESS``) joins a running cluster (``auto`` =
-the one ``ray start`` made on this node); otherwise a local one is started with enough
+the one ``ray start`` made on this node) and ships the project's packages to its nodes
+through Ray's ``runtime_env`` (``py_modules``); otherwise a local one is started with enough
 logical CPUs for the bundles.
 """
 
@@ -15,14 +20,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from grpo_ray.config import TrainConfig
+from grpo_ray.config import TrainConfig, resource_dict
 
 log = logging.getLogger("grpo_ray")
 
 PLACEMENT_TIMEOUT_S = 120.0
+
+#: The project's top-level packages, shipped to the nodes of a cluster the run joins.
+PACKAGES = ("grpo_ray", "actors", "kernels", "recipes")
+SHIP_EXCLUDES = ["__pycache__", "*.pyc", "outputs", ".git", ".wheelhouse"]
 
 
 @dataclass
@@ -32,11 +42,12 @@ class Actors:
     reward_workers: list[Any]
     placement_group: Any
     colocated: bool = False
+    learner_ranks: list[Any] = field(default_factory=list)  # the actors behind ``learner`` (one, or N ranks)
 
     def unique(self) -> list[Any]:
         """Every actor once (the colocated worker plays two roles)."""
         rollout = [] if self.colocated else self.rollout_workers
-        return [self.learner, *rollout, *self.reward_workers]
+        return [*(self.learner_ranks or [self.learner]), *rollout, *self.reward_workers]
 
 
 def resolve_mode(config: TrainConfig) -> str:
@@ -45,7 +56,8 @@ def resolve_mode(config: TrainConfig) -> str:
         return config.run.mode
     import torch
 
-    return "colocate" if torch.cuda.device_count() == 1 and config.rollout.num_workers == 1 else "distributed"
+    single = config.rollout.num_workers == 1 and config.batch.num_processes == 1
+    return "colocate" if torch.cuda.device_count() == 1 and single else "distributed"
 
 
 def uses_gpu(config: TrainConfig) -> bool:
@@ -53,14 +65,24 @@ def uses_gpu(config: TrainConfig) -> bool:
 
 
 def bundles(config: TrainConfig) -> list[dict[str, float]]:
-    """Resources per actor: [learner (or colocated worker), rollout workers..., reward workers...]."""
+    """Resources per actor: [learner ranks (or the colocated worker)..., rollout workers..., reward workers...]."""
     r = config.rollout
-    learner = {"CPU": 1.0, "GPU": 1.0} if uses_gpu(config) else {"CPU": 1.0}
+    learner = ({"CPU": 1.0, "GPU": 1.0} if uses_gpu(config) else {"CPU": 1.0}) | resource_dict(config.batch.learner_resources)
     gpus = r.num_gpus_per_worker or (1.0 if r.backend == "vllm" else 0.0)
-    rollout = {"CPU": r.num_cpus_per_worker} | ({"GPU": gpus} if gpus else {})
-    reward = {"CPU": float(config.reward.processes_per_worker)}
+    rollout = {"CPU": r.num_cpus_per_worker} | ({"GPU": gpus} if gpus else {}) | resource_dict(r.resources)
+    reward = {"CPU": float(config.reward.processes_per_worker)} | resource_dict(config.reward.resources)
     engines = [] if resolve_mode(config) == "colocate" else [rollout] * r.num_workers
-    return [learner] + engines + [reward] * config.reward.num_workers
+    return [learner] * config.batch.num_processes + engines + [reward] * config.reward.num_workers
+
+
+def runtime_env(shipped: bool) -> dict[str, Any]:
+    """Environment of every actor; ``shipped`` adds the project's packages (for other nodes)."""
+    env: dict[str, Any] = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    if shipped:
+        root = Path(__file__).resolve().parent.parent
+        env["py_modules"] = [str(root / name) for name in PACKAGES]
+        env["excludes"] = SHIP_EXCLUDES
+    return env
 
 
 def connect(config: TrainConfig) -> None:
@@ -73,15 +95,14 @@ def connect(config: TrainConfig) -> None:
 
     if ray.is_initialized():
         return
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
     address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=env)
+        ray.init(address=address, runtime_env=runtime_env(shipped=True))
         log.info("joined the Ray cluster at %s", address)
         return
     needed = sum(b.get("CPU", 0.0) for b in bundles(config))
     num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
-    ray.init(address="local", num_cpus=num_cpus, runtime_env=env, include_dashboard=False)  # never a neighbour's cluster
+    ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env(shipped=False), include_dashboard=False)  # never a neighbour's cluster
     log.info("started a local Ray cluster with %d logical CPUs", num_cpus)
 
 
@@ -93,6 +114,7 @@ def place_actors(config: TrainConfig) -> Actors:
 
     from actors.colocated_worker import ColocatedWorker
     from actors.learner import Learner
+    from actors.learner_group import LearnerGroup
     from actors.reward_worker import RewardWorker
     from actors.rollout_worker import RolloutWorker
 
@@ -121,6 +143,7 @@ def place_actors(config: TrainConfig) -> Actors:
             .options(
                 num_cpus=spec.get("CPU", 0.0),
                 num_gpus=spec.get("GPU", 0.0),
+                resources={k: v for k, v in spec.items() if k not in ("CPU", "GPU")},
                 max_restarts=restarts,  # the driver retries the calls a restart interrupted
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
             )
@@ -135,6 +158,11 @@ def place_actors(config: TrainConfig) -> Actors:
     if resolve_mode(config) == "colocate":
         worker = start(ColocatedWorker, 0, config, int(specs[0]["CPU"]))  # holds the learner: no restarts
         return Actors(worker, [worker], reward, pg, colocated=True)
-    learner = start(Learner, 0, config, int(specs[0]["CPU"]))
-    rollout = [start(RolloutWorker, 1 + i, config, i, restarts=restarts) for i in range(config.rollout.num_workers)]
-    return Actors(learner, rollout, reward, pg)
+    n = config.batch.num_processes
+    ranks = [start(Learner, rank, config, int(specs[rank]["CPU"]), None, rank) for rank in range(n)]
+    rollout = [start(RolloutWorker, n + i, config, i, restarts=restarts) for i in range(config.rollout.num_workers)]
+    if n == 1:
+        return Actors(ranks[0], rollout, reward, pg, learner_ranks=ranks)
+    group = LearnerGroup(ranks)
+    group.form()
+    return Actors(group, rollout, reward, pg, learner_ranks=ranks)

@@ -52,6 +52,23 @@ def _check_int(section: str, name: str, value: Any, minimum: int) -> None:
         _fail(section, name, value, f"set an integer >= {minimum}")
 
 
+def _check_resources(section: str, name: str, value: Any) -> None:
+    for entry in value:
+        key, sep, amount = entry.partition("=") if isinstance(entry, str) else ("", "", "")
+        try:
+            ok = bool(sep and key.strip()) and float(amount) > 0
+        except ValueError:
+            ok = False
+        if not ok or key.strip() in ("CPU", "GPU", "memory"):
+            _fail(section, name, value, "give custom Ray resources as 'NAME=AMOUNT' (AMOUNT > 0; not CPU/GPU/memory), "
+                  "e.g. 'learner_node=1' for a node started with --resources='{\"learner_node\": 8}'")
+
+
+def resource_dict(entries: tuple[str, ...]) -> dict[str, float]:
+    """``('node_a=1', ...)`` -> ``{'node_a': 1.0, ...}`` (entries validated by the config)."""
+    return {k.strip(): float(v) for k, _, v in (e.partition("=") for e in entries)}
+
+
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -187,10 +204,26 @@ class BatchConfig:
     steps_per_generation: int | None = knob(
         None, "Micro-steps fed by one generation batch; None = gradient_accumulation_steps."
     )
-    num_processes: int = knob(1, "Learner processes (data-parallel ranks).")
+    num_processes: int = knob(
+        1,
+        "Learner processes (data-parallel ranks, one Ray actor each, one torch.distributed group: gloo on "
+        "CPU, NCCL on GPU); each trains on its rows of the batch plan and gradients are averaged.",
+    )
+    train_backend: str = knob(
+        "plain",
+        "How learner ranks share the work: plain (each rank a full copy; gradients all-reduced) or "
+        "deepspeed_zero2 / deepspeed_zero3 (GPU only; not built yet: refused at start-up).",
+    )
+    learner_resources: tuple[str, ...] = knob(
+        (), "Custom Ray resources each learner rank needs, as 'NAME=AMOUNT' (e.g. a node label 'learner_node=1')."
+    )
 
     def __post_init__(self) -> None:
         s = "batch"
+        if not isinstance(self.learner_resources, tuple):
+            object.__setattr__(self, "learner_resources", tuple(self.learner_resources))
+        _check_resources(s, "learner_resources", self.learner_resources)
+        _check_choice(s, "train_backend", self.train_backend, ("plain", "deepspeed_zero2", "deepspeed_zero3"))
         _check_int(s, "per_device_train_batch_size", self.per_device_train_batch_size, 1)
         _check_int(s, "gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         if self.steps_per_generation is not None:
@@ -307,8 +340,28 @@ class RolloutConfig:
         "(max_prompt_length + max_completion_length)), not from a share of GPU memory.",
     )
     enforce_eager: bool = knob(False, "vllm: no CUDA graphs (faster start, slower decoding).")
+    sync_backend: str = knob(
+        "object_store",
+        "How weights reach the rollout workers in distributed mode: object_store (one ray.put, every worker "
+        "fetches) or collective (torch.distributed broadcast from learner rank 0 in buckets: gloo on CPU, NCCL on GPU).",
+    )
+    sync_timeout_s: float = knob(
+        60.0,
+        "collective sync: seconds one weight broadcast may take; a rollout worker that died or stalls is named "
+        "in an error within this time instead of hanging the run.",
+    )
+    sync_bucket_mb: float = knob(256.0, "collective sync: most megabytes per broadcast bucket.")
+    resources: tuple[str, ...] = knob(
+        (), "Custom Ray resources each rollout worker needs, as 'NAME=AMOUNT' (e.g. a node label 'rollout_node=1')."
+    )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.resources, tuple):
+            object.__setattr__(self, "resources", tuple(self.resources))
+        _check_resources("rollout", "resources", self.resources)
+        _check_choice("rollout", "sync_backend", self.sync_backend, ("object_store", "collective"))
+        _check_positive("rollout", "sync_timeout_s", self.sync_timeout_s)
+        _check_positive("rollout", "sync_bucket_mb", self.sync_bucket_mb)
         _check_choice("rollout", "backend", self.backend, ("hf", "vllm"))
         _check_int("rollout", "num_workers", self.num_workers, 1)
         _check_positive("rollout", "num_cpus_per_worker", self.num_cpus_per_worker, allow_zero=True)
@@ -332,10 +385,16 @@ class RewardConfig:
     processes_per_worker: int = knob(1, "Processes each reward worker runs functions in.")
     timeout_s: float = knob(30.0, "Seconds one reward call may take before it is killed and penalised.")
     penalty: float = knob(0.0, "Score given to every completion of a call that timed out or crashed.")
+    resources: tuple[str, ...] = knob(
+        (), "Custom Ray resources each reward worker needs, as 'NAME=AMOUNT' (e.g. a node label 'reward_node=1')."
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.functions, tuple):
             object.__setattr__(self, "functions", tuple(self.functions))
+        if not isinstance(self.resources, tuple):
+            object.__setattr__(self, "resources", tuple(self.resources))
+        _check_resources("reward", "resources", self.resources)
         for name in self.functions:
             if not isinstance(name, str) or not name.strip():
                 _fail("reward", "functions", self.functions, "every entry must be a registry name or 'module:function'")
@@ -559,10 +618,10 @@ class TrainConfig:
                 f"run.mode='colocate' runs one engine beside the learner, but rollout.num_workers="
                 f"{self.rollout.num_workers}: set rollout.num_workers=1 or run.mode='distributed'"
             )
-        if self.batch.num_processes != 1:
+        if self.run.mode == "colocate" and self.batch.num_processes != 1:
             raise ConfigError(
-                f"batch.num_processes={self.batch.num_processes}: this version trains with one learner "
-                "process (sharded learners arrive with the distributed mode): set batch.num_processes=1"
+                f"run.mode='colocate' runs one learner process beside the engine, but batch.num_processes="
+                f"{self.batch.num_processes}: set batch.num_processes=1 or run.mode='distributed'"
             )
 
 

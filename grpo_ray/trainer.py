@@ -45,13 +45,13 @@ from grpo_ray.checkpoint import (
     remove_stale, resolve_resume, rotate, step_checkpoints, write_atomic,
 )
 from grpo_ray.cli import config_from_dict, config_to_dict
-from grpo_ray.cluster import Actors, connect, place_actors
+from grpo_ray.cluster import Actors, connect, place_actors, uses_gpu
 from grpo_ray.config import ConfigError, ModelConfig, TrainConfig
 from grpo_ray.data import PromptSampler, columns_of
 from grpo_ray.guards import drop_nonfinite_rewards, zero_variance_groups
 from grpo_ray.rollout_batch import RolloutBatch
 from grpo_ray.tracking import MetricsLog, console_line
-from grpo_ray.weight_sync import make_weight_sync
+from grpo_ray.weight_sync import WeightSyncError, make_weight_sync
 from grpo_ray.trainer_state import TrainerState
 
 log = logging.getLogger("grpo_ray")
@@ -134,9 +134,25 @@ def preflight(
             require_supported_vllm()
         except RuntimeError as err:
             raise ConfigError(str(err)) from None
+    check_train_backend(config)
     if check_model:
         check_model_path(config.model)
     return check_output_dir(config)
+
+
+def check_train_backend(config: TrainConfig) -> None:
+    """The sharded (DeepSpeed ZeRO) learner is a seam only: it needs GPUs, and is not built yet."""
+    backend = config.batch.train_backend
+    if backend == "plain":
+        return
+    flag = f"batch.train_backend={backend!r}"
+    if not uses_gpu(config):
+        raise ConfigError(f"{flag} shards the learner over GPUs with DeepSpeed and this run uses none: set batch.train_backend='plain'")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{flag} needs DeepSpeed: pip install -e '.[gpu]' (or set batch.train_backend='plain')") from None
+    raise ConfigError(f"{flag}: the DeepSpeed learner is not built in this version; set batch.train_backend='plain'")
 
 
 def check_model_path(model: ModelConfig) -> None:
@@ -256,12 +272,10 @@ class GRPOTrainer:
 
     def _resync(self, worker: Any) -> None:
         """Give one (restarted) rollout worker the current weights before it serves again."""
-        import ray
-
-        version, weights = ray.get(self.actors.learner.weights.remote())
-        if version != self.version:
-            raise TrainingFailed(f"cannot re-sync a rollout worker: learner at {version}, the run at {self.version}")
-        ray.get(worker.update_weights.remote(weights, version))
+        try:
+            self.weight_sync.resync(worker, self.version)
+        except WeightSyncError as err:
+            raise TrainingFailed(str(err)) from None
 
     def _gather(
         self,

@@ -4,8 +4,16 @@ One seam, chosen by the placement (:mod:`grpo_ray.cluster`):
 
 - :class:`ObjectStoreSync` (distributed on CPU or GPU): the learner exports its LoRA tensors
   (or full state dict) to CPU, one ``ray.put``, every rollout worker loads them in place.
+- :class:`CollectiveSync` (distributed, ``rollout.sync_backend='collective'``): learner rank 0
+  broadcasts the tensors in buckets over a process group of its own with every rollout
+  worker (gloo on CPU, NCCL on GPU; :mod:`grpo_ray.collective`), bounded by
+  ``rollout.sync_timeout_s``: a worker that died or stalls is named in a
+  :class:`WeightSyncError` within that time.
 - :class:`InProcessSync` (colocate): learner and engine live in one actor; the engine reads the
   learner's tensors or takes the LoRA tensors from GPU memory, nothing leaves the process.
+
+A rollout worker that Ray restarted gets the weights alone through the object store
+(:meth:`WeightSync.resync`) before it serves again.
 
 After every push the stale-weight guard compares the engine's and the learner's logprobs of
 one fixed probe sequence. A sleep-mode engine that silently kept old weights (a known failure
@@ -20,6 +28,7 @@ import random
 import time
 from typing import Any
 
+from grpo_ray.cluster import uses_gpu
 from grpo_ray.config import TrainConfig
 
 PROBE_LENGTH = 32
@@ -27,6 +36,10 @@ PROBE_LENGTH = 32
 
 class StaleWeightsError(RuntimeError):
     """A rollout engine does not hold the weights the learner just sent."""
+
+
+class WeightSyncError(RuntimeError):
+    """A weight transfer failed or ran out of time; the message names the actor at fault."""
 
 
 def probe_tokens(vocab_size: int, length: int = PROBE_LENGTH, seed: int = 0) -> list[int]:
@@ -68,6 +81,15 @@ class WeightSync:
     def _transfer(self) -> int:
         raise NotImplementedError
 
+    def resync(self, worker: Any, version: int) -> None:
+        """Give one (restarted) rollout worker the learner's current weights, which must be ``version``."""
+        import ray
+
+        current, weights = ray.get(self.learner.weights.remote())
+        if current != version:
+            raise WeightSyncError(f"cannot re-sync a rollout worker: learner at {current}, the run at {version}")
+        ray.get(worker.update_weights.remote(weights, version))
+
     def check(self, version: int) -> None:
         """Raise :class:`StaleWeightsError` if any engine's probe logprobs drift from the learner's."""
         import ray
@@ -100,6 +122,78 @@ class ObjectStoreSync(WeightSync):
         return version
 
 
+class CollectiveSync(WeightSync):
+    """Learner rank 0 -> every rollout worker by broadcast over their own process group.
+
+    The group is formed at the first push and again after a worker restarted or a push
+    failed (a restarted worker is not in the old one). Each push is bounded by
+    ``rollout.sync_timeout_s``. Members' own operations give up after 3/4 of it, so at the
+    deadline the healthy ones have answered (with a timeout) and only a stalled one is out."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        r = self.config.rollout
+        self.timeout_s = r.sync_timeout_s
+        self.member_timeout_s = 0.75 * r.sync_timeout_s
+        self.bucket_bytes = int(r.sync_bucket_mb * 2**20)
+        self.backend = "nccl" if uses_gpu(self.config) else "gloo"
+        self.specs: list[Any] | None = None  # tensor names, shapes and dtypes, fixed for the run
+
+    def _form_group(self) -> None:
+        import ray
+
+        world = 1 + len(self.rollout_workers)
+        host, port = ray.get(self.learner.host_group.remote(world, self.member_timeout_s))
+        joins = [self.learner.join_sync_group.remote(self.backend, world, self.member_timeout_s)] + [
+            w.join_sync_group.remote(self.backend, host, port, 1 + i, world, self.member_timeout_s)
+            for i, w in enumerate(self.rollout_workers)
+        ]
+        self._await("form the weight-sync group", joins[0], joins[1:])
+        self.specs = ray.get(self.learner.weight_specs.remote())
+
+    def _transfer(self) -> int:
+        import ray
+
+        try:
+            if self.specs is None:
+                self._form_group()
+            version = ray.get(self.learner.weight_version.remote())
+            sender = self.learner.broadcast_weights.remote(self.bucket_bytes)
+            receivers = [w.receive_weights.remote(self.specs, version, self.bucket_bytes) for w in self.rollout_workers]
+            self._await(f"send weights version {version}", sender, receivers)
+        except BaseException:
+            self.specs = None  # the group is broken: form a new one next time
+            raise
+        return version
+
+    def _await(self, what: str, sender: Any, receivers: list[Any]) -> None:
+        """Wait for every member's part of one collective, at most ``timeout_s``; name the culprit."""
+        import ray
+
+        everyone = [sender, *receivers]
+        ray.wait(everyone, num_returns=len(everyone), timeout=self.timeout_s)
+        ready = set(ray.wait(everyone, num_returns=len(everyone), timeout=0)[0])
+        problems: list[tuple[int, str]] = []  # (0 died, 1 stalled, 2 failed: likely the others' victim), text
+        for name, ref in [*((f"rollout worker {i}", r) for i, r in enumerate(receivers)), ("learner rank 0", sender)]:
+            if ref not in ready:
+                problems.append((1, f"{name} did not finish within rollout.sync_timeout_s={self.timeout_s:g}s (stalled)"))
+                continue
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                problems.append((0, f"{name} died ({type(err).__name__})"))
+            except ray.exceptions.RayTaskError as err:
+                cause = str(err.cause).strip().splitlines()[0][:200] if str(err.cause).strip() else ""
+                problems.append((2, f"{name} failed: {type(err.cause).__name__}: {cause}"))
+        if problems:
+            problems.sort(key=lambda p: p[0])
+            raise WeightSyncError(f"could not {what}: " + "; ".join(text for _, text in problems))
+
+    def resync(self, worker: Any, version: int) -> None:
+        super().resync(worker, version)
+        self.specs = None  # the restarted worker is in no group: form a new one at the next push
+
+
 class InProcessSync(WeightSync):
     """Learner and engine in one actor (colocate): the actor moves the tensors itself."""
 
@@ -115,5 +209,8 @@ def make_weight_sync(config: TrainConfig, actors: Any) -> WeightSync:
 
     m = config.model
     vocab_size = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code).vocab_size
-    cls = InProcessSync if actors.colocated else ObjectStoreSync
+    if actors.colocated:
+        cls: type[WeightSync] = InProcessSync
+    else:
+        cls = CollectiveSync if config.rollout.sync_backend == "collective" else ObjectStoreSync
     return cls(config, actors.learner, actors.rollout_workers, vocab_size)

@@ -4,7 +4,7 @@ spans generation cycles."""
 
 import pytest
 
-from grpo_ray.batching import describe_cycle, plan_generation_cycle
+from grpo_ray.batching import describe_cycle, plan_generation_cycle, rank_rows
 from grpo_ray.config import BatchConfig, GRPOConfig, TrainConfig
 
 
@@ -113,6 +113,12 @@ def test_two_processes_slice_process_major():
     # cycle 1 continues with prompts 4-7
     steps = plan_generation_cycle(2, 2, 2, 2, num_processes=2, cycle=1)
     assert [s.batches for s in steps] == [[[4, 4], [6, 6]], [[5, 5], [7, 7]]]
+
+
+def test_rank_rows_split_the_batch_between_processes():
+    steps = plan_generation_cycle(2, 2, 2, 2, num_processes=2, num_iterations=2)  # replayed: rows once each
+    assert rank_rows(steps, 0) == [0, 1, 2, 3] and rank_rows(steps, 1) == [4, 5, 6, 7]
+    assert rank_rows(plan_generation_cycle(3, 1, 2, 3), 0) == list(range(6))
 
 
 @pytest.mark.parametrize("procs, spg, b, g", [(2, 3, 4, 4), (4, 2, 3, 6), (3, 1, 2, 3)])

@@ -7,6 +7,7 @@ import pytest
 
 from grpo_ray.config import (
     SECTIONS,
+    resource_dict,
     BatchConfig,
     ConfigError,
     GenerationConfig,
@@ -79,6 +80,9 @@ def test_valid_edge_cases_are_accepted():
     # checkpoints between cycles: every 4 steps with 2 per cycle; any step count when a step spans cycles
     TrainConfig(batch=BatchConfig(steps_per_generation=2), run=RunConfig(save_steps=4))
     TrainConfig(batch=BatchConfig(gradient_accumulation_steps=3, steps_per_generation=2), run=RunConfig(save_steps=1))
+    # several learner ranks in distributed mode; custom resources per role
+    TrainConfig(batch=BatchConfig(num_processes=2, learner_resources=("learner_node=1",)), run=RunConfig(mode="distributed"))
+    assert resource_dict(RolloutConfig(resources=("a=1", "b=0.5")).resources) == {"a": 1.0, "b": 0.5}
 
 
 def bad_batch(per_device, spg, g, procs=1):
@@ -138,6 +142,16 @@ BAD_CONFIGS = [
         lambda: TrainConfig(rollout=RolloutConfig(num_workers=2), run=RunConfig(mode="colocate")),
         ["run.mode='colocate'", "rollout.num_workers=1"],
     ),
+    (
+        "colocate with several learner processes",
+        lambda: TrainConfig(batch=BatchConfig(num_processes=2), run=RunConfig(mode="colocate")),
+        ["run.mode='colocate'", "batch.num_processes=1"],
+    ),
+    ("resource without amount", lambda: RolloutConfig(resources=("node_a",)), ["rollout.resources", "'NAME=AMOUNT'"]),
+    ("resource amount 0", lambda: RewardConfig(resources=("node_a=0",)), ["reward.resources", "AMOUNT > 0"]),
+    ("GPU as a custom resource", lambda: BatchConfig(learner_resources=("GPU=1",)), ["batch.learner_resources", "not CPU/GPU"]),
+    ("unknown sync backend", lambda: RolloutConfig(sync_backend="nccl"), ["rollout.sync_backend", "'collective'"]),
+    ("sync timeout 0", lambda: RolloutConfig(sync_timeout_s=0), ["rollout.sync_timeout_s", "> 0"]),
     ("blank reward function", lambda: RewardConfig(functions=("a", " ")), ["reward.functions", "module:function"]),
     ("reward timeout 0", lambda: RewardConfig(timeout_s=0), ["reward.timeout_s", "> 0"]),
     ("unknown report sink", lambda: RunConfig(report_to=("mlflow",)), ["run.report_to", "'wandb'"]),

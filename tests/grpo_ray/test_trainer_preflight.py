@@ -75,3 +75,10 @@ def test_a_second_run_into_the_same_output_dir_is_refused_unless_it_resumes(mode
     other_rank = dataclasses.replace(resuming, lora=dataclasses.replace(resuming.lora, r=8))
     with pytest.raises(ConfigError, match=r"cannot resume from .*checkpoint-2: the config changes lora.r \(checkpoint 4, now 8\)"):
         preflight(other_rank, ROWS)
+
+
+def test_a_deepspeed_learner_is_refused_before_ray_starts(model, tmp_path):
+    config = tiny_config(model, tmp_path / "out", batch={"train_backend": "deepspeed_zero2", "num_processes": 2})
+    with pytest.raises(ConfigError, match=r"batch.train_backend='deepspeed_zero2' .* uses none: set batch.train_backend='plain'"):
+        GRPOTrainer(config, ROWS)
+    assert not ray.is_initialized()
