@@ -54,7 +54,7 @@ def test_bad_function_fails_at_construction_naming_it():
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([REPO, FIXTURES])}})
     yield ray
     ray.shutdown()

@@ -24,7 +24,7 @@ def test_colocated_vllm_run_trains_syncs_and_passes_the_guard(tmp_path, lora):
         rollout={"backend": "vllm", "num_workers": 1, "enforce_eager": True},
         reward={"num_workers": 1}, run={"mode": "colocate", "max_steps": 4},
     )
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False)
     try:
         trainer = GRPOTrainer(config, ROWS)
         try:

@@ -32,7 +32,7 @@ SAME = ("loss", "reward", "reward_std", "grad_norm", "completion_length", "learn
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
