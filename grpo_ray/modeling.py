@@ -47,8 +47,8 @@ def load_tokenizer(config: ModelConfig) -> Any:
     return tokenizer
 
 
-def eos_token_ids(config: ModelConfig) -> list[int]:
-    """Every id that ends a completion: the checkpoint's generation config's EOS ids and the tokenizer's."""
+def eos_token_ids(config: ModelConfig, tokenizer: Any) -> list[int]:
+    """Every id that ends a completion: the checkpoint's generation config's EOS ids and ``tokenizer``'s."""
     from transformers import AutoConfig, GenerationConfig
 
     try:
@@ -59,7 +59,7 @@ def eos_token_ids(config: ModelConfig) -> list[int]:
         )
     eos = generation.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos or [])
-    return sorted(set(eos) | {load_tokenizer(config).eos_token_id})
+    return sorted(set(eos) | {tokenizer.eos_token_id})
 
 
 def load_policy(model: ModelConfig, lora: LoraConfig, *, trainable: bool) -> torch.nn.Module:

@@ -69,8 +69,9 @@ class HFEngine:
         self.config = config
         self.shares_weights = policy is not None
         self.model = policy if policy is not None else load_policy(config.model, config.lora, trainable=False)
-        self.eos_ids = eos_token_ids(config.model)
-        self.pad_token_id = load_tokenizer(config.model).pad_token_id
+        tokenizer = load_tokenizer(config.model)
+        self.eos_ids = eos_token_ids(config.model, tokenizer)
+        self.pad_token_id = tokenizer.pad_token_id
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
         if weights:

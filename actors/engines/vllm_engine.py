@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from grpo_ray.config import TrainConfig
-from grpo_ray.modeling import eos_token_ids
+from grpo_ray.modeling import eos_token_ids, load_tokenizer
 from grpo_ray.sampling import Sample, SamplingSpec
 
 SUPPORTED_VLLM = "0.25.0"
@@ -144,7 +144,7 @@ class VLLMEngine:
         m = config.model
         self.hf_config = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code)
         self.sizes = engine_sizes(config, self.hf_config)
-        self.eos_ids = eos_token_ids(m)
+        self.eos_ids = eos_token_ids(m, load_tokenizer(m))
         total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
         needed = self.sizes["kv_cache_memory_bytes"] + 2 * 2**30
         lora = config.lora
