@@ -51,7 +51,9 @@ class NvmlPeak:
         import pynvml  # nvidia-ml-py
 
         pynvml.nvmlInit()
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        # NVML counts GPUs physically; CUDA_VISIBLE_DEVICES names this process's card
+        physical = int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
         self._info = pynvml.nvmlDeviceGetMemoryInfo
         self.baseline = self.now()
         self.peak = self.baseline
@@ -87,7 +89,7 @@ def prompts() -> list[str]:
     return [" ".join(f"w{rng.randrange(100, 150000)}" for _ in range(PROMPT_WORDS)) for _ in range(PROMPTS)]
 
 
-def our_config(path: Path, workdir: Path, *, lora: bool = True):
+def our_config(path: Path, workdir: Path, *, lora: bool = True, max_num_seqs: int | None = None):
     from grpo_ray.config import (
         BatchConfig, GRPOConfig, LoraConfig, ModelConfig, OptimConfig, RewardConfig, RolloutConfig, RunConfig,
         TrainConfig,
@@ -99,7 +101,7 @@ def our_config(path: Path, workdir: Path, *, lora: bool = True):
         model=ModelConfig(name_or_path=str(path), dtype="bfloat16", gradient_checkpointing=True),
         lora=LoraConfig(enabled=lora, r=16, alpha=32, target_modules=LORA_TARGETS),
         optim=OptimConfig(learning_rate=1e-5),
-        rollout=RolloutConfig(backend="vllm", num_workers=1),
+        rollout=RolloutConfig(backend="vllm", num_workers=1, max_num_seqs=max_num_seqs),
         reward=RewardConfig(functions=("tests.support.reward_fns:short_completion",)),
         run=RunConfig(output_dir=str(workdir / "run"), mode="colocate", max_steps=100),
     )
@@ -161,7 +163,7 @@ def part_rollout(workdir: Path) -> dict:
     return result
 
 
-def part_step(workdir: Path, steps: int) -> dict:
+def part_step(workdir: Path, steps: int, max_num_seqs: int | None) -> dict:
     import torch
 
     from actors.colocated_worker import ColocatedWorker
@@ -169,7 +171,7 @@ def part_step(workdir: Path, steps: int) -> dict:
 
     nvml = NvmlPeak()
     started = time.perf_counter()
-    config = our_config(checkpoint(workdir), workdir, lora=True)
+    config = our_config(checkpoint(workdir), workdir, lora=True, max_num_seqs=max_num_seqs)
     worker = ColocatedWorker(config)
     init_s = time.perf_counter() - started
     rows = prompts()
@@ -214,12 +216,14 @@ def part_step(workdir: Path, steps: int) -> dict:
         sync_wake.append(time.perf_counter() - t)
         worker.engine.sleep()
     return {"init_s": init_s, "steps": records, "sync_plus_wake_s": statistics.median(sync_wake),
+            "max_num_seqs": worker.engine.sizes["max_num_seqs"],
             "kv_cache_gib": worker.engine.sizes["kv_cache_memory_bytes"] / 2**30}
 
 
-def part_single_card(workdir: Path, steps: int) -> dict:
-    """The seeds' single-card case in bf16 (no 4-bit): Qwen2.5-1.5B shape, LoRA r16, colocate,
-    256 prompt + 768 completion tokens, 8 generations per prompt, eager vLLM; where the memory goes."""
+def part_single_card(workdir: Path, steps: int, four_bit: bool, num_prompts: int) -> dict:
+    """The seeds' single-card case: Qwen2.5-1.5B shape, LoRA r16 on a bf16 or 4-bit (NF4) base
+    shared with vLLM, colocate, ``num_prompts`` x 8 generations of 256 prompt + 768 completion
+    tokens, eager vLLM; where the memory goes."""
     import dataclasses
 
     import torch
@@ -239,14 +243,16 @@ def part_single_card(workdir: Path, steps: int) -> dict:
     config = dataclasses.replace(
         base,
         grpo=dataclasses.replace(base.grpo, max_prompt_length=256, max_completion_length=768),
-        # 2 prompts x 8 generations (the config needs 2 prompts per cycle), micro-batch 2
-        batch=BatchConfig(per_device_train_batch_size=2, gradient_accumulation_steps=8),
-        model=dataclasses.replace(base.model, logprob_chunk_size=1024),
+        # num_prompts x 8 generations (a cycle needs 2 prompts at least), micro-batch 2
+        batch=BatchConfig(per_device_train_batch_size=2, gradient_accumulation_steps=4 * num_prompts),
+        model=dataclasses.replace(base.model, logprob_chunk_size=1024, load_in_4bit=four_bit),
         rollout=dataclasses.replace(base.rollout, enforce_eager=True),  # no CUDA-graph pool
     )
     worker = ColocatedWorker(config)
     engine_weights = sum(p.numel() * p.element_size() for p in worker.engine.model.parameters()) / 2**30
-    rows = [" ".join(f"w{100 + 37 * i + j}" for i in range(256)) for j in range(2)]
+    states = [s for p in worker.engine.model.parameters() for s in getattr(p, "bnb_quant_state", {}).values()]
+    quant_stats = sum(s.absmax.numel() * s.absmax.element_size() + s.code.numel() * 4 for s in states) / 2**30
+    rows = [" ".join(f"w{100 + 37 * i + j}" for i in range(256)) for j in range(num_prompts)]
     worker.sync_weights()
     records = []
     for step in range(steps):
@@ -267,7 +273,9 @@ def part_single_card(workdir: Path, steps: int) -> dict:
     optimizer = worker.learner.optimizer
     adam = sum(t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t))
     lora = sum(p.numel() * p.element_size() for p in worker.learner.params)
-    return {"steps": records, "cuda_context_gib": context, "engine_weights_gib": engine_weights,
+    return {"four_bit": four_bit, "num_prompts": num_prompts, "completions_per_step": 8 * num_prompts,
+            "steps": records, "cuda_context_gib": context, "engine_weights_gib": engine_weights,
+            "quantization_statistics_gib": quant_stats,
             "kv_cache_gib": worker.engine.sizes["kv_cache_memory_bytes"] / 2**30,
             "lora_params_plus_grads_plus_adam_gib": (2 * lora + adam) / 2**30,
             "nvml_peak_gib": max(max(r["nvml_peak_rollout_gib"], r["nvml_peak_learner_gib"]) for r in records)}
@@ -363,6 +371,9 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/colocate-bench")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--trl-steps", type=int, default=3)
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="step: rollout.max_num_seqs (None: the batch)")
+    parser.add_argument("--four-bit", action="store_true", help="single_card: a 4-bit (NF4) base")
+    parser.add_argument("--prompts", type=int, default=2, help="single_card: prompts per step (x 8 generations)")
     parser.add_argument("--trl-util", type=float, default=0.35)
     parser.add_argument("--trl-utils", default="0.35,0.08")
     parser.add_argument("--parts", default="rollout,step,sync_full,trl")
@@ -373,9 +384,9 @@ def main() -> None:
     if args.part != "all":
         result = {
             "rollout": lambda: part_rollout(workdir),
-            "step": lambda: part_step(workdir, args.steps),
+            "step": lambda: part_step(workdir, args.steps, args.max_num_seqs),
             "sync_full": lambda: part_sync_full(workdir),
-            "single_card": lambda: part_single_card(workdir, args.steps),
+            "single_card": lambda: part_single_card(workdir, args.steps, args.four_bit, args.prompts),
             "trl": lambda: part_trl(workdir, args.trl_util, args.trl_steps),
         }[args.part]()
         print("RESULT " + json.dumps(result), flush=True)

@@ -256,6 +256,12 @@ class ModelConfig:
         "torch or triton (chunked, never the full [B, T, V] logits), or full (plain logits; reference).",
     )
     logprob_chunk_size: int = knob(4096, "Tokens per chunk of the chunked logprob computation.")
+    load_in_4bit: bool = knob(
+        False,
+        "QLoRA: the base model's linear layers frozen in 4-bit NF4 (bitsandbytes; needs lora.enabled). "
+        "In colocate mode with rollout.backend=vllm, vLLM quantizes them once and the learner computes "
+        "on those same packed weights (one 4-bit copy).",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -612,6 +618,11 @@ class TrainConfig:
             raise ConfigError(
                 f"run.save_steps={self.run.save_steps} is invalid: a generation cycle takes {steps_per_cycle} "
                 f"optimizer steps and checkpoints are taken between cycles; set a multiple of {steps_per_cycle}"
+            )
+        if self.model.load_in_4bit and not self.lora.enabled:
+            raise ConfigError(
+                "model.load_in_4bit=true freezes the base weights in 4-bit, so only LoRA adapters can train: "
+                "set lora.enabled=true, or model.load_in_4bit=false for full fine-tuning"
             )
         if self.run.mode == "colocate" and self.rollout.num_workers != 1:
             raise ConfigError(

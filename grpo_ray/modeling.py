@@ -72,8 +72,19 @@ def load_policy(model: ModelConfig, lora: LoraConfig, *, trainable: bool) -> tor
 
     if not model.name_or_path:
         raise ValueError("model.name_or_path is empty: set it to a checkpoint directory")
+    kwargs: dict[str, Any] = {}
+    if model.load_in_4bit:  # QLoRA: NF4 with double-quantized statistics, computing in model.dtype
+        from transformers import BitsAndBytesConfig
+
+        kwargs = dict(
+            quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=DTYPES[model.dtype],
+            ),
+            device_map={"": default_device()},  # quantized where it will run: a 4-bit model cannot move
+        )
     policy = AutoModelForCausalLM.from_pretrained(
-        model.name_or_path, dtype=DTYPES[model.dtype], trust_remote_code=model.trust_remote_code
+        model.name_or_path, dtype=DTYPES[model.dtype], trust_remote_code=model.trust_remote_code, **kwargs
     )
     return prepare_policy(policy, model, lora, trainable=trainable)
 
@@ -98,7 +109,8 @@ def prepare_policy(policy: torch.nn.Module, model: ModelConfig, lora: LoraConfig
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora.enabled:
             policy.enable_input_require_grads()
-    policy.to(default_device())
+    if not getattr(policy, "is_loaded_in_4bit", False):  # a 4-bit model is built on its device
+        policy.to(default_device())
     policy.train(trainable)
     if not trainable:
         policy.requires_grad_(False)

@@ -135,6 +135,7 @@ def preflight(
         except RuntimeError as err:
             raise ConfigError(str(err)) from None
     check_train_backend(config)
+    check_quantization(config)
     if check_model:
         check_model_path(config.model)
     return check_output_dir(config)
@@ -153,6 +154,19 @@ def check_train_backend(config: TrainConfig) -> None:
     except ImportError:
         raise ConfigError(f"{flag} needs DeepSpeed: pip install -e '.[gpu]' (or set batch.train_backend='plain')") from None
     raise ConfigError(f"{flag}: the DeepSpeed learner is not built in this version; set batch.train_backend='plain'")
+
+
+def check_quantization(config: TrainConfig) -> None:
+    """``model.load_in_4bit`` needs bitsandbytes (a GPU extra), imported only to check it is there."""
+    if not config.model.load_in_4bit:
+        return
+    from importlib.util import find_spec
+
+    if find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "model.load_in_4bit=true needs bitsandbytes, which is not installed: pip install -e '.[gpu]' "
+            "(or set model.load_in_4bit=false)"
+        )
 
 
 def check_model_path(model: ModelConfig) -> None:

@@ -13,6 +13,9 @@ with the vLLM 0.25.0 source they rely on (``../shared/gpu/COLOCATE.md`` maps the
 - LoRA: one adapter registered once and pinned to its GPU slot; every update copies the
   learner's A and B x alpha/r straight into the slot with each LoRA layer's ``set_lora``
   (``lora/layers/base_linear.py``), GPU to GPU, never through disk;
+- a 4-bit base (``model.load_in_4bit``): vLLM's bitsandbytes loader quantizes the checkpoint
+  to NF4 and attaches ``bnb_quant_state`` / ``bnb_shard_offsets`` to each packed weight
+  (``model_loader/bitsandbytes_loader.py``); the learner's ``Linear4bit`` layers use them;
 - KV-only sleep: a ``SleepModeBackend`` (``device_allocator/sleep_mode_backend.py``) that
   releases and re-maps only the ``kv_cache``-tagged allocations of vLLM's ``CuMemAllocator``.
   Stock ``sleep`` unmaps the weights too, which would pull them from under the learner.
@@ -32,6 +35,7 @@ import torch
 from grpo_ray.config import TrainConfig
 from grpo_ray.modeling import eos_token_ids, load_tokenizer
 from grpo_ray.sampling import Sample, SamplingSpec
+from grpo_ray.shared_model import Packed4bit, model_on_tensors
 
 SUPPORTED_VLLM = "0.25.0"
 LORA_NAME, LORA_ID = "grpo-ray-policy", 1
@@ -164,6 +168,8 @@ class VLLMEngine:
             # with kv_cache_memory_bytes set, vLLM only checks that this share of the card is free
             gpu_memory_utilization=min(0.9, max(0.02, needed / total)),
         )
+        if m.load_in_4bit:
+            kwargs.update(quantization="bitsandbytes")  # NF4, quantized once while loading the checkpoint
         if lora.enabled:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank_slot(lora.r))
         self.llm = LLM(**kwargs)
@@ -278,63 +284,53 @@ class VLLMEngine:
 
     # -- colocate: one copy of the base weights ------------------------------------------------
 
-    def base_weight_views(self) -> dict[str, torch.Tensor]:
+    def base_weight_views(self) -> dict[str, torch.Tensor | Packed4bit]:
         """The engine's weights as HF-named tensors that share its memory.
 
-        Fused projections (``qkv_proj``, ``gate_up_proj``) are cut into their parts by the
-        layer's ``output_sizes`` (contiguous row blocks); the vocabulary rows vLLM pads are cut off.
+        Fused projections (``qkv_proj``, ``gate_up_proj``) are cut into their parts: plain
+        weights by the layer's ``output_sizes`` (contiguous row blocks); 4-bit weights
+        (``model.load_in_4bit``: packed bytes with one bitsandbytes ``QuantState`` per part) by
+        the ``bnb_shard_offsets`` and ``bnb_quant_state`` vLLM's bitsandbytes loader attaches.
+        The vocabulary rows vLLM pads are cut off.
         """
         packed = getattr(self.model, "packed_modules_mapping", {})
         vocab = self.hf_config.vocab_size
-        views: dict[str, torch.Tensor] = {}
+        views: dict[str, torch.Tensor | Packed4bit] = {}
         for name, param in self.model.named_parameters():
             owner_path, leaf = name.rsplit(".", 1)
             hf_name = name.replace(".base_layer", "")
             module_path, _ = hf_name.rsplit(".", 1)
             prefix, _, module_name = module_path.rpartition(".")
+            parts = packed.get(module_name, [module_name])
             data = param.data
-            if len(packed.get(module_name, ())) > 1:
-                sizes = list(self.model.get_submodule(owner_path).output_sizes)
-                for part, piece in zip(packed[module_name], data.split(sizes, dim=0)):
-                    views[f"{prefix}.{part}.{leaf}" if prefix else f"{part}.{leaf}"] = piece
+            quant_states = getattr(param, "bnb_quant_state", None)
+            if quant_states is not None:
+                if not isinstance(quant_states, dict):  # an unfused layer may carry its one state bare
+                    quant_states = {0: quant_states}
+                offsets = [int(o) for o in getattr(param, "bnb_shard_offsets", [0, data.shape[0]])]
+                pieces: list[Any] = [
+                    Packed4bit(data[offsets[i] : offsets[i + 1]], quant_states[i]) for i in range(len(parts))
+                ]
+            elif len(parts) > 1:
+                pieces = list(data.split(list(self.model.get_submodule(owner_path).output_sizes), dim=0))
             elif module_name in ("embed_tokens", "lm_head"):
-                views[hf_name] = data[:vocab]
+                pieces = [data[:vocab]]
             else:
-                views[hf_name] = data
+                pieces = [data]
+            for part, piece in zip(parts, pieces, strict=True):
+                views[f"{prefix}.{part}.{leaf}" if prefix else f"{part}.{leaf}"] = piece
         return views
 
     def shared_policy(self) -> torch.nn.Module:
         """The learner's model, built on the engine's weights (no second copy), LoRA and all."""
-        from transformers import AutoModelForCausalLM
-
         from grpo_ray.modeling import DTYPES, prepare_policy
 
         m = self.config.model
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(
-                self.hf_config, dtype=DTYPES[m.dtype], trust_remote_code=m.trust_remote_code
-            )
-        views = self.base_weight_views()
-        trainable = not self.config.lora.enabled
-        for name, _ in list(model.named_parameters()):
-            if name not in views:
-                raise RuntimeError(f"the vLLM model has no tensor for the learner's {name}")
-            owner, leaf = name.rsplit(".", 1)
-            setattr(model.get_submodule(owner), leaf, torch.nn.Parameter(views[name], requires_grad=trainable))
-        if self.hf_config.tie_word_embeddings:
-            model.get_output_embeddings().weight = model.get_input_embeddings().weight
-        device = self.model_device()
-        for name, module in list(model.named_modules()):
-            if name.endswith("rotary_emb"):  # buffers computed at construction, on meta so far
-                owner, leaf = name.rsplit(".", 1)
-                setattr(model.get_submodule(owner), leaf, type(module)(config=self.hf_config, device=device))
-        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-        if left:
-            raise RuntimeError(f"the learner's model still has tensors without storage: {left[:3]}")
+        model = model_on_tensors(
+            self.hf_config, self.base_weight_views(), dtype=DTYPES[m.dtype],
+            trainable=not self.config.lora.enabled, trust_remote_code=m.trust_remote_code,
+        )
         return prepare_policy(model, m, self.config.lora, trainable=True)
-
-    def model_device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     # -- sleep -----------------------------------------------------------------------------------
 

@@ -160,6 +160,11 @@ BAD_CONFIGS = [
     ("blank resume", lambda: RunConfig(resume=" "), ["run.resume", "'latest'"]),
     ("no skips allowed", lambda: RunConfig(max_consecutive_skips=0), ["run.max_consecutive_skips", ">= 1"]),
     (
+        "4-bit base with full fine-tuning",
+        lambda: TrainConfig(model=ModelConfig(load_in_4bit=True), lora=LoraConfig(enabled=False)),
+        ["model.load_in_4bit=true", "set lora.enabled=true"],
+    ),
+    (
         "checkpoints inside a generation cycle",
         lambda: TrainConfig(batch=BatchConfig(steps_per_generation=2), run=RunConfig(save_steps=3)),
         ["run.save_steps=3", "takes 2 optimizer steps", "multiple of 2"],

@@ -82,3 +82,13 @@ def test_a_deepspeed_learner_is_refused_before_ray_starts(model, tmp_path):
     with pytest.raises(ConfigError, match=r"batch.train_backend='deepspeed_zero2' .* uses none: set batch.train_backend='plain'"):
         GRPOTrainer(config, ROWS)
     assert not ray.is_initialized()
+
+
+def test_a_4bit_base_without_bitsandbytes_is_refused_before_ray_starts(model, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"model.load_in_4bit=true needs bitsandbytes.*pip install -e '.\[gpu\]'"):
+        GRPOTrainer(tiny_config(model, tmp_path / "out", model={"load_in_4bit": True}), ROWS)
+    assert not ray.is_initialized()

@@ -2,9 +2,9 @@
 
     python -m pytest -q -m gpu tests/actors/engines/test_vllm_engine.py
 
-One colocated worker per LoRA setting (vLLM start-up dominates), in-process, on a small
-random-weight Qwen2 model: samples and their logprobs, one copy of the weights, KV-only sleep,
-sync correctness and the stale-weight guard.
+One colocated worker per setting (LoRA, full fine-tuning, LoRA on a 4-bit base; vLLM start-up
+dominates), in-process, on a small random-weight Qwen2 model: samples and their logprobs, one
+copy of the weights, KV-only sleep, sync correctness and the stale-weight guard.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from grpo_ray.advantages import compute_advantages
+from grpo_ray.shared_model import Packed4bit
 from grpo_ray.weight_sync import probe_tokens, sync_tolerance
 from recipes.tiny_model import random_checkpoint
 from tests.support.tiny import tiny_config
@@ -24,10 +25,11 @@ PROMPTS = ["w1 w2 w3 w4", "w9 w8", "w100 w200 w300", "w7"]
 VOCAB = 512  # the "small" shape's
 
 
-def _config(checkpoint, tmp_path, lora: bool):
+def _config(checkpoint, tmp_path, mode: str):
+    lora = mode != "full"
     base = tiny_config(
         checkpoint, tmp_path / "run",
-        model={"dtype": "bfloat16"}, lora={"enabled": lora, "r": 16, "alpha": 32},
+        model={"dtype": "bfloat16", "load_in_4bit": mode == "qlora"}, lora={"enabled": lora, "r": 16, "alpha": 32},
         grpo={"max_completion_length": 24, "max_prompt_length": 16},
         rollout={"backend": "vllm", "num_workers": 1, "enforce_eager": True},
         optim={"learning_rate": 5e-2 if lora else 2e-3}, run={"mode": "colocate"},
@@ -35,15 +37,20 @@ def _config(checkpoint, tmp_path, lora: bool):
     return dataclasses.replace(base, generation=dataclasses.replace(base.generation, temperature=0.8))
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["lora", "full"])
+@pytest.fixture(scope="module", params=["lora", "full", "qlora"])
 def worker(request, tmp_path_factory):
     from actors.colocated_worker import ColocatedWorker
 
     checkpoint = random_checkpoint("small", tmp_path_factory.mktemp("small"))
-    config = _config(checkpoint, tmp_path_factory.mktemp("run"), lora=request.param)
+    config = _config(checkpoint, tmp_path_factory.mktemp("run"), request.param)
     w = ColocatedWorker(config)
     yield w
     w.engine.wake_up()  # vLLM must be awake when it is torn down
+
+
+def _storage(view) -> torch.Tensor:
+    """A weight view's tensor (a 4-bit view's packed bytes)."""
+    return view.data if isinstance(view, Packed4bit) else view
 
 
 def _gap(worker) -> float:
@@ -72,8 +79,9 @@ def test_one_copy_of_the_weights(worker):
     lm = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
     q = lm.model.layers[0].self_attn.q_proj
     q_weight = q.base_layer.weight if hasattr(q, "base_layer") else q.weight
-    assert q_weight.data_ptr() == views["model.layers.0.self_attn.q_proj.weight"].data_ptr()
-    shared = {v.data_ptr() for v in views.values()}
+    assert q_weight.data_ptr() == _storage(views["model.layers.0.self_attn.q_proj.weight"]).data_ptr()
+    assert (q_weight.dtype == torch.uint8) == worker.learner.config.model.load_in_4bit
+    shared = {_storage(v).data_ptr() for v in views.values()}
     own = [n for n, p in policy.named_parameters() if p.data_ptr() not in shared]
     # the learner's only tensors of its own are its LoRA adapters (none with full fine-tuning)
     assert all(".lora_" in n for n in own)
@@ -82,7 +90,7 @@ def test_one_copy_of_the_weights(worker):
 
 def test_kv_only_sleep_frees_memory_and_keeps_the_weights(worker):
     engine = worker.engine
-    weights = {k: v.float().sum().item() for k, v in list(engine.base_weight_views().items())[:6]}
+    weights = {k: _storage(v).float().sum().item() for k, v in engine.base_weight_views().items()}
     engine.wake_up()
     torch.cuda.synchronize()
     free_awake = torch.cuda.mem_get_info()[0]
@@ -90,7 +98,7 @@ def test_kv_only_sleep_frees_memory_and_keeps_the_weights(worker):
     torch.cuda.synchronize()
     freed = torch.cuda.mem_get_info()[0] - free_awake
     assert freed >= 0.9 * engine.sizes["kv_cache_memory_bytes"]
-    assert {k: v.float().sum().item() for k, v in list(engine.base_weight_views().items())[:6]} == weights
+    assert {k: _storage(v).float().sum().item() for k, v in engine.base_weight_views().items()} == weights
     assert len(worker.generate(PROMPTS, num_generations=2, seed=1)) == 8  # wakes, generates, sleeps
 
 
