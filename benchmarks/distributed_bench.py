@@ -114,16 +114,17 @@ def _engine_loads(worker: Any) -> list[float]:
 
 def _perturb(learner: Any, lora: bool) -> None:
     """Move the learner's weights so the engine's stale copy shows: random LoRA B matrices (zero
-    at the start), or noise on the output embedding (full weights)."""
+    at the start), or noise of half the initialiser's std on the embeddings (full weights). Mild,
+    so the logits keep their scale and the synced gap stays kernel rounding."""
     import torch
 
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in learner.policy.named_parameters():
             if lora and ".lora_B." in name:
-                p.copy_(torch.randn_like(p) * 0.1)
+                p.copy_(torch.randn_like(p) * 0.05)
             elif not lora and name.endswith(("lm_head.weight", "embed_tokens.weight")):
-                p.add_(torch.randn_like(p) * 0.05)
+                p.add_(torch.randn_like(p) * 0.01)
 
 
 # -- parts ---------------------------------------------------------------------------------------
