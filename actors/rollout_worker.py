@@ -32,6 +32,7 @@ class RolloutWorker:
         self.engine = engine if engine is not None else make_engine(config)
         self.version = -1  # no weights from the learner yet
         self._sync_group: Any = None  # collective weight sync: learner rank 0 + every engine
+        self._sync_device: torch.device | None = None  # where it receives: the engine's GPU under NCCL, else CPU
 
     def generate(self, prompts: list[Any], *, num_generations: int, seed: int, greedy: bool = False) -> RolloutBatch:
         """``num_generations`` completions for each prompt, stamped with this worker's weight version."""
@@ -69,11 +70,16 @@ class RolloutWorker:
         return rank
 
     def receive_weights(self, specs: list[collective.TensorSpec], version: int, bucket_bytes: int) -> int:
-        """Take broadcast ``version`` from learner rank 0, whole, then load it; returns the new version."""
+        """Take broadcast ``version`` from learner rank 0, whole, then load it; returns the new version
+        once the engine holds it (on a GPU the load's copies are waited for, so the sync's time is
+        the time until the engine can sample from the new weights)."""
         if self._sync_group is None:
             raise RuntimeError(f"rollout worker {self.worker_index} is in no weight-sync group (it restarted)")
         weights = collective.receive(self._sync_group, specs, version, bucket_bytes, self._sync_device)
-        return self.update_weights(weights, version)
+        version = self.update_weights(weights, version)
+        if self._sync_device is not None:
+            torch.cuda.synchronize(self._sync_device)
+        return version
 
     def sampler_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """The engine's logprobs of a probe sequence (the stale-weight guard's half)."""

@@ -27,89 +27,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PROMPTS, GENERATIONS, NEW_TOKENS, PROMPT_WORDS = 64, 8, 256, 48
-MICRO_BATCH, ACCUMULATION = 16, 32  # 512 completions per optimizer step, as TRL is run
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class NvmlPeak:
-    """The device's used memory as NVML sees it, sampled every 10 ms on a thread: the whole
-    process (CUDA context, cuBLAS workspace, CUDA graph pool, vLLM's own allocations), which
-    torch's counters miss. The part runs alone on the card, so device-used is this process."""
-
-    def __init__(self) -> None:
-        import threading
-
-        import pynvml  # nvidia-ml-py
-
-        pynvml.nvmlInit()
-        # NVML counts GPUs physically; CUDA_VISIBLE_DEVICES names this process's card
-        physical = int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
-        self._info = pynvml.nvmlDeviceGetMemoryInfo
-        self.baseline = self.now()
-        self.peak = self.baseline
-        threading.Thread(target=self._poll, daemon=True).start()
-
-    def now(self) -> float:
-        return self._info(self._handle).used / 2**30
-
-    def _poll(self) -> None:
-        while True:
-            self.peak = max(self.peak, self.now())
-            time.sleep(0.01)
-
-    def take(self) -> float:
-        """Peak since the last take, above the device's use before this process touched it."""
-        peak, self.peak = self.peak, self.now()
-        return peak - self.baseline
-
-
-def checkpoint(workdir: Path) -> Path:
-    from recipes.tiny_model import random_checkpoint
-
-    path = workdir / "qwen2.5-0.5b"
-    if not (path / "config.json").is_file():
-        random_checkpoint("qwen2.5-0.5b", path)
-    return path
-
-
-def prompts() -> list[str]:
-    import random
-
-    rng = random.Random(0)
-    return [" ".join(f"w{rng.randrange(100, 150000)}" for _ in range(PROMPT_WORDS)) for _ in range(PROMPTS)]
-
-
-def our_config(path: Path, workdir: Path, *, lora: bool = True, max_num_seqs: int | None = None):
-    from grpo_ray.config import (
-        BatchConfig, GRPOConfig, LoraConfig, ModelConfig, OptimConfig, RewardConfig, RolloutConfig, RunConfig,
-        TrainConfig,
-    )
-
-    return TrainConfig(
-        grpo=GRPOConfig(num_generations=GENERATIONS, max_completion_length=NEW_TOKENS, max_prompt_length=64, beta=0.0),
-        batch=BatchConfig(per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=ACCUMULATION),
-        model=ModelConfig(name_or_path=str(path), dtype="bfloat16", gradient_checkpointing=True),
-        lora=LoraConfig(enabled=lora, r=16, alpha=32, target_modules=LORA_TARGETS),
-        optim=OptimConfig(learning_rate=1e-5),
-        rollout=RolloutConfig(backend="vllm", num_workers=1, max_num_seqs=max_num_seqs),
-        reward=RewardConfig(functions=("tests.support.reward_fns:short_completion",)),
-        run=RunConfig(output_dir=str(workdir / "run"), mode="colocate", max_steps=100),
-    )
-
-
-def length_reward(completions: list, **_) -> list[float]:
-    """A cheap verifiable-style reward: shorter is better (what both trainers score)."""
-    return [-len(c if isinstance(c, str) else c[0]["content"]) / 1000.0 for c in completions]
+from benchmarks.common import (  # noqa: E402
+    ACCUMULATION, GENERATIONS, LORA_TARGETS, MICRO_BATCH, NEW_TOKENS, NvmlPeak, checkpoint, length_reward, our_config,
+    prompts, run_part,
+)
 
 
 # -- parts -------------------------------------------------------------------------------------
@@ -231,14 +158,11 @@ def part_single_card(workdir: Path, steps: int, four_bit: bool, num_prompts: int
     from actors.colocated_worker import ColocatedWorker
     from grpo_ray.advantages import compute_advantages
     from grpo_ray.config import BatchConfig
-    from recipes.tiny_model import random_checkpoint
 
     nvml = NvmlPeak()
     torch.empty(1, device="cuda")
     context = nvml.now() - nvml.baseline
-    path = workdir / "qwen2.5-1.5b"
-    if not (path / "config.json").is_file():
-        random_checkpoint("qwen2.5-1.5b", path)
+    path = checkpoint(workdir, "qwen2.5-1.5b")
     base = our_config(path, workdir, lora=True)
     config = dataclasses.replace(
         base,
@@ -355,16 +279,6 @@ def part_trl(workdir: Path, util: float, steps: int) -> dict:
 # -- driver ------------------------------------------------------------------------------------
 
 
-def run_part(argv: list[str], timeout: int) -> dict:
-    """One part in a fresh process; its JSON result is the last line it prints."""
-    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, timeout=timeout)
-    sys.stderr.write(proc.stderr[-4000:])
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return {"error": f"exit {proc.returncode}", "stdout_tail": proc.stdout[-2000:], "stderr_tail": proc.stderr[-3000:]}
-    return json.loads(lines[-1][len("RESULT "):])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=["all", "rollout", "step", "sync_full", "trl", "single_card"])
@@ -398,9 +312,10 @@ def main() -> None:
         common = ["--workdir", str(workdir)]
         if part == "trl":
             for util in args.trl_utils.split(","):
-                results[f"trl@{util}"] = run_part(["trl", "--trl-util", util, "--trl-steps", str(args.trl_steps), *common], 900)
+                argv = ["trl", "--trl-util", util, "--trl-steps", str(args.trl_steps), *common]
+                results[f"trl@{util}"] = run_part(__file__, argv, 900, workdir / f"trl@{util}.log")
         else:
-            results[part] = run_part([part, "--steps", str(args.steps), *common], 900)
+            results[part] = run_part(__file__, [part, "--steps", str(args.steps), *common], 900, workdir / f"{part}.log")
         print(json.dumps({part: results.get(part, {k: v for k, v in results.items() if k.startswith("trl")})})[:3000], flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1))

@@ -15,12 +15,17 @@ bucket has arrived, so an engine never loads a mix of two versions.
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import timedelta
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+
+
+#: Makes an NCCL group's ``wait()`` block and time out (:func:`_nccl_group`).
+BLOCKING_WAIT = "TORCH_NCCL_BLOCKING_WAIT"
 
 
 class TensorSpec(NamedTuple):
@@ -83,19 +88,48 @@ def join_group(
     backend: str, rank: int, world_size: int, timeout_s: float, *, store: dist.Store | None = None,
     host: str = "", port: int = 0, device: torch.device | None = None,
 ) -> dist.ProcessGroup:
-    """Join (rank 0: with the store it hosts) the group; returns after every member joined, or raises."""
+    """Join (rank 0: with the store it hosts) the group; returns after every member joined, or raises.
+
+    NCCL connects lazily, at a group's first collective, so every member takes part in one
+    one-element broadcast here (on ``device``): joining then means connected, for both backends.
+    """
     timeout = timedelta(seconds=timeout_s)
     if store is None:
         store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
     store = dist.PrefixStore("grpo_ray_sync", store)
     if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
-    if backend == "nccl":  # GPU builds only; untested on this project's CPU CI
+        group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    elif backend == "nccl":
         torch.cuda.set_device(device)
-        options = dist.ProcessGroupNCCL.Options()
-        options._timeout = timeout
-        return dist.ProcessGroupNCCL(store, rank, world_size, options)
-    raise ValueError(f"unknown backend {backend!r}: gloo or nccl")
+        group = _nccl_group(store, rank, world_size, timeout)
+    else:
+        raise ValueError(f"unknown backend {backend!r}: gloo or nccl")
+    _broadcast(group, torch.zeros(1, device=device if backend == "nccl" else "cpu"))
+    return group
+
+
+def _nccl_group(store: dist.Store, rank: int, world_size: int, timeout: timedelta) -> dist.ProcessGroup:
+    """An NCCL group whose ``wait()`` blocks the calling thread and raises once ``timeout`` passed.
+
+    By default NCCL's ``wait()`` only orders the CUDA streams and returns at once: a sender
+    would report success while its broadcast still waits for a dead peer, and the watchdog
+    thread would later kill the whole process (the learner, with the run's state). With
+    ``TORCH_NCCL_BLOCKING_WAIT`` (read when the group is built, so set only for this one) every
+    wait is bounded by ``timeout`` and raises ``DistBackendError``, after aborting the communicator.
+    """
+    from torch.distributed.distributed_c10d import ProcessGroupNCCL
+
+    options = ProcessGroupNCCL.Options()
+    options._timeout = timeout
+    before = os.environ.get(BLOCKING_WAIT)
+    os.environ[BLOCKING_WAIT] = "1"
+    try:
+        return ProcessGroupNCCL(store, rank, world_size, options)
+    finally:
+        if before is None:
+            del os.environ[BLOCKING_WAIT]
+        else:
+            os.environ[BLOCKING_WAIT] = before
 
 
 def _broadcast(group: dist.ProcessGroup, tensor: torch.Tensor) -> None:

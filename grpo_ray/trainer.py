@@ -431,7 +431,9 @@ class GRPOTrainer:
         started = time.perf_counter()
         rows = self.sampler.next(self.plan.unique_prompts)
         batch = self.generate([r["prompt"] for r in rows], num_generations=g, seed=c.run.seed + s.cycle)
+        generated = time.perf_counter()
         raw = self.score(rows, batch)
+        scored = time.perf_counter()
         batch.rewards, dropped = drop_nonfinite_rewards(raw)
         if dropped.any():
             culprits = [n for n, bad in zip(self.reward_names, torch.isinf(raw).any(0).tolist()) if bad]
@@ -443,9 +445,15 @@ class GRPOTrainer:
             "frac_reward_zero_std": float(flat.float().mean()),
         }
         batch.completion_mask = batch.completion_mask.masked_fill(dropped.unsqueeze(1), 0)  # out of the loss
+        learning = time.perf_counter()
         step_metrics = ray.get(
             self.actors.learner.train_generation.remote(batch, s.cycle, max_steps=c.run.max_steps - s.step)
         )
+        # the driver's view of each stage (with Ray's transfers), beside the actors' own time/*_s
+        summary |= {
+            "time/rollout_s": generated - started, "time/rewards_s": scored - generated,
+            "time/learner_s": time.perf_counter() - learning,
+        }
         self.version = self.sync_weights()
         summary.update(self.weight_sync.timings)
         s.cycle += 1

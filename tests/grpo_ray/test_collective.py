@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -89,3 +91,26 @@ def test_a_stalled_member_makes_the_sender_fail_within_the_timeout():
     got = _run_group(3, 1.5, stalled, send)
     assert isinstance(got[0], RuntimeError) and "Timed out" in str(got[0])
     assert took[0] < 3.5  # about the 1.5 s timeout (not the stalled member's 4 s, nor 30 minutes)
+
+
+def test_an_nccl_group_is_built_with_bounded_blocking_waits_and_the_variable_restored(monkeypatch):
+    """NCCL's default wait() returns at once and leaves a dead peer to a watchdog that kills the
+    process; the sync group is built with TORCH_NCCL_BLOCKING_WAIT set (only while it is built)."""
+    import torch.distributed.distributed_c10d as c10d
+
+    seen = []
+
+    class FakeNCCL:
+        class Options:
+            _timeout = None
+
+        def __init__(self, store, rank, size, options):
+            seen.append((os.environ.get(C.BLOCKING_WAIT), rank, size, options._timeout))
+
+    monkeypatch.setattr(c10d, "ProcessGroupNCCL", FakeNCCL, raising=False)
+    monkeypatch.delenv(C.BLOCKING_WAIT, raising=False)
+    C._nccl_group(None, 1, 3, timedelta(seconds=7))
+    assert seen == [("1", 1, 3, timedelta(seconds=7))] and C.BLOCKING_WAIT not in os.environ
+    monkeypatch.setenv(C.BLOCKING_WAIT, "0")
+    C._nccl_group(None, 0, 3, timedelta(seconds=7))
+    assert seen[-1][0] == "1" and os.environ[C.BLOCKING_WAIT] == "0"

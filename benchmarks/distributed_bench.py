@@ -1,0 +1,322 @@
+"""Distributed mode on two GPUs of one host: weight-sync time over NCCL, and the step time beside colocate mode.
+
+    python benchmarks/distributed_bench.py all --out results.json      # every part, one process each (~6 min)
+    python benchmarks/distributed_bench.py all --parts sync            # or step; --steps 3 is ~30 s shorter
+    python benchmarks/distributed_bench.py all --smoke                 # CPU: every code path at toy sizes
+
+Random-weight Qwen2.5-shaped models (``recipes.tiny_model.random_checkpoint``), bf16, placed
+as a run places them (``grpo_ray.cluster.place_actors``, ``run.mode='distributed'``): the
+learner on one GPU, one vLLM rollout worker on the other (``num_gpus=1`` each), weights sent
+by ``CollectiveSync`` (learner rank 0 broadcasts over NCCL in ``rollout.sync_bucket_mb``
+buckets). Every vLLM engine runs with ``rollout.enforce_eager=True`` (no CUDA graphs: a start
+takes seconds, not ~100 s; decoding is slower). Each part runs in its own process with a
+timeout; one that fails or hangs is recorded as an error and the rest go on.
+
+* sync (one process per shape: qwen2.5-0.5b, qwen2.5-1.5b): for full weights, then LoRA r16
+  on every linear layer (two engines: a LoRA engine takes adapters only), the time of one
+  push (``time/sync_s``: learner -> NCCL -> every tensor loaded in the engine) after a first
+  push that forms the group, median of ``--pushes``, the bytes moved and GB/s, and how much of
+  it the engine's own load takes. Then correctness: the learner's weights are perturbed, the
+  stale-weight probe (``rollout.sync_check``) shows the gap before the push, and after it the
+  gap and the guard's verdict.
+* step (one process per mode): the real driver (``GRPOTrainer``) on colocate_bench's config
+  (64 prompts x 8 generations x up to 256 new tokens, LoRA r16, micro-batch 16 x 32
+  accumulation, beta 0) for ``--steps`` optimizer steps in ``run.mode='distributed'``
+  (collective sync, the guard on) and ``'colocate'`` (one GPU); the per-stage times from
+  ``metrics.jsonl`` (median of steps 2..N). The driver runs rollout, rewards, learner and sync
+  one after another in both modes: distributed mode does not overlap rollout with training.
+
+``--smoke`` runs the same code on CPU: the hf engine, gloo, the 2-layer ``small`` shape in
+float32, 16 completions of 8 tokens per step, no NVML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    NvmlPeak, checkpoint, nvml_handle, our_config, prompts, run_part, visible_devices,
+)
+
+SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b")
+SMOKE_SHAPE = "small"
+STEP_SHAPE = "qwen2.5-0.5b"
+MODES = ("distributed", "colocate")
+SYNC_TIMEOUT_S = 60.0
+PART_TIMEOUT_S = {"sync": 300, "step": 360}
+TIME_KEYS = (
+    "time/cycle_s", "time/rollout_s", "time/generate_s", "time/rewards_s", "time/learner_s", "time/train_s",
+    "time/sync_s", "time/sync_check_s",
+)
+
+
+def bench_config(
+    path: Path, out: Path, *, lora: bool, mode: str, smoke: bool, steps: int = 100, sync_check: bool = True,
+    max_num_seqs: int | None = None,
+):
+    """colocate_bench's config in ``mode`` with eager vLLM and the collective sync; CPU-sized with ``smoke``."""
+    base = our_config(path, out.parent, lora=lora)
+    r, g, b = base.rollout, base.grpo, base.batch
+    rollout = dataclasses.replace(
+        r, enforce_eager=True, sync_backend="collective", sync_check=sync_check, sync_timeout_s=SYNC_TIMEOUT_S,
+        max_num_seqs=max_num_seqs,
+    )
+    model = base.model
+    if smoke:
+        rollout = dataclasses.replace(rollout, backend="hf", num_gpus_per_worker=0.0)
+        model = dataclasses.replace(model, dtype="float32", gradient_checkpointing=False)
+        g = dataclasses.replace(g, num_generations=4, max_completion_length=8)
+        b = dataclasses.replace(b, per_device_train_batch_size=8, gradient_accumulation_steps=2)
+    return dataclasses.replace(
+        base, rollout=rollout, model=model, grpo=g, batch=b,
+        run=dataclasses.replace(base.run, mode=mode, max_steps=steps, output_dir=str(out)),
+    )
+
+
+# -- functions run inside the actors (``__ray_call__``) ------------------------------------------
+
+
+def _visible_gpus(actor: Any) -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def _time_engine_loads(worker: Any) -> None:
+    """Wrap the rollout worker's ``engine.update_weights`` to record how long each load takes."""
+    import torch
+
+    inner = worker.engine.update_weights
+    worker.bench_loads = []
+
+    def timed(weights: Any) -> None:
+        started = time.perf_counter()
+        inner(weights)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        worker.bench_loads.append(time.perf_counter() - started)
+
+    worker.engine.update_weights = timed
+
+
+def _engine_loads(worker: Any) -> list[float]:
+    return worker.bench_loads
+
+
+def _perturb(learner: Any, lora: bool) -> None:
+    """Move the learner's weights so the engine's stale copy shows: random LoRA B matrices (zero
+    at the start), or noise of half the initialiser's std on the embeddings (full weights). Mild,
+    so the logits keep their scale and the synced gap stays kernel rounding."""
+    import torch
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in learner.policy.named_parameters():
+            if lora and ".lora_B." in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+            elif not lora and name.endswith(("lm_head.weight", "embed_tokens.weight")):
+                p.add_(torch.randn_like(p) * 0.01)
+
+
+# -- parts ---------------------------------------------------------------------------------------
+
+
+def _gap(sync: Any) -> float:
+    import ray
+
+    expected = ray.get(sync.learner.policy_logprobs.remote(sync.probe))
+    seen = ray.get(sync.rollout_workers[0].sampler_logprobs.remote(sync.probe))
+    return float((seen - expected).abs().mean())
+
+
+def measure_sync(config: Any, pushes: int) -> dict[str, Any]:
+    """One learner and one rollout worker placed as a run places them; push timings and the probe."""
+    import ray
+
+    from grpo_ray.cluster import connect, place_actors
+    from grpo_ray.weight_sync import StaleWeightsError, make_weight_sync
+
+    connect(config)
+    started = time.perf_counter()
+    actors = place_actors(config)
+    try:
+        ray.get([a.__ray_ready__.remote() for a in actors.unique()])
+        init_s = time.perf_counter() - started
+        learner, worker = actors.learner, actors.rollout_workers[0]
+        sync = make_weight_sync(config, actors)
+        gpus = {"learner": ray.get(learner.__ray_call__.remote(_visible_gpus)),
+                "engine": ray.get(worker.__ray_call__.remote(_visible_gpus))}
+        print(f"    actors up in {init_s:.1f}s on CUDA_VISIBLE_DEVICES {gpus}, sync backend {sync.backend}", flush=True)
+        ray.get(worker.__ray_call__.remote(_time_engine_loads))
+        t = time.perf_counter()
+        sync.push()
+        first_s = time.perf_counter() - t  # forms the group (NCCL connects) and sends
+        times = []
+        for _ in range(pushes):
+            sync.push()
+            times.append(sync.timings["time/sync_s"])
+        loads = ray.get(worker.__ray_call__.remote(_engine_loads))[1:]  # the first push's load left out
+        nbytes = sum(s.nbytes for s in sync.specs)
+        median = statistics.median(times)
+        ray.get(learner.__ray_call__.remote(_perturb, config.lora.enabled))
+        stale = _gap(sync)
+        version = sync.push()
+        t = time.perf_counter()
+        try:
+            sync.check(version)
+            verdict = "passed"
+        except StaleWeightsError as err:
+            verdict = f"failed: {err}"
+        check_s = time.perf_counter() - t
+        return {
+            "sync_s": median, "all_s": times, "first_push_s": first_s, "engine_load_s": statistics.median(loads),
+            "bytes": nbytes, "tensors": len(sync.specs), "gb_per_s": nbytes / median / 1e9,
+            "bucket_mb": config.rollout.sync_bucket_mb, "backend": sync.backend, "actors_init_s": init_s,
+            "cuda_visible_devices": gpus, "probe_gap_stale": stale, "probe_gap_synced": _gap(sync),
+            "tolerance": sync.tolerance, "sync_check": verdict, "sync_check_s": check_s,
+        }
+    finally:
+        try:
+            ray.get([w.close.remote() for w in actors.reward_workers], timeout=30)
+        finally:
+            for actor in actors.unique():
+                ray.kill(actor)
+            ray.util.remove_placement_group(actors.placement_group)
+
+
+def part_sync(workdir: Path, shape: str, smoke: bool, pushes: int) -> dict[str, Any]:
+    path = checkpoint(workdir, shape)
+    out: dict[str, Any] = {}
+    for kind in ("full", "lora"):
+        print(f"  sync {shape} {kind}: placing the learner and the rollout worker", flush=True)
+        config = bench_config(path, workdir / f"sync-{shape}-{kind}", lora=kind == "lora", mode="distributed",
+                              smoke=smoke, sync_check=False, max_num_seqs=16)  # a small engine: it only loads weights
+        try:
+            out[kind] = measure_sync(config, pushes)
+        except Exception as err:  # noqa: BLE001 - recorded; the other kind still runs
+            out[kind] = {"error": f"{type(err).__name__}: {err}"[:3000]}
+        print("  " + json.dumps({kind: out[kind]})[:1500], flush=True)
+    return out
+
+
+def part_step(workdir: Path, mode: str, smoke: bool, steps: int) -> dict[str, Any]:
+    import ray
+
+    from grpo_ray.trainer import GRPOTrainer
+
+    path = checkpoint(workdir, SMOKE_SHAPE if smoke else STEP_SHAPE)
+    out = workdir / f"step-{mode}"
+    shutil.rmtree(out, ignore_errors=True)
+    config = bench_config(path, out, lora=True, mode=mode, smoke=smoke, steps=steps)
+    nvml = [] if smoke else [NvmlPeak(d) for d in visible_devices()]
+    rows = [{"prompt": p} for p in prompts(config.batch.effective_batch_size // config.grpo.num_generations)]
+    started = time.perf_counter()
+    trainer = GRPOTrainer(config, rows)
+    try:
+        init_s = time.perf_counter() - started
+        roles = {"learner": trainer.actors.learner, "engine": trainer.actors.rollout_workers[0]}
+        gpus = {role: ray.get(a.__ray_call__.remote(_visible_gpus)) for role, a in roles.items()}
+        print(f"  step {mode}: actors up in {init_s:.1f}s on CUDA_VISIBLE_DEVICES {gpus}", flush=True)
+        trainer.run()
+    finally:
+        trainer.shutdown()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if r["step"] >= 1]
+    later = records[1:] or records
+    return {
+        "mode": mode, "init_s": init_s, "cuda_visible_devices": gpus,
+        "median_of_steps": [r["step"] for r in later],
+        "median": {k: statistics.median(r[k] for r in later) for k in TIME_KEYS if all(k in r for r in later)},
+        "steps": [{"step": r["step"], **{k: r.get(k) for k in TIME_KEYS}, "completion_length": r["completion_length"],
+                   "weight_version_sampled": r["weight_version_sampled"]} for r in records],
+        "nvml_peak_gib": {p.device: p.take() for p in nvml},
+    }
+
+
+# -- driver --------------------------------------------------------------------------------------
+
+
+def device_name(smoke: bool) -> str:
+    if smoke:
+        return "cpu (smoke)"
+    import pynvml
+
+    names = [pynvml.nvmlDeviceGetName(nvml_handle(d)) for d in visible_devices()]
+    names = [n.decode() if isinstance(n, bytes) else n for n in names]
+    return f"{len(names)} x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures side by side: sync seconds per (shape, kind), step seconds per mode."""
+    table: dict[str, Any] = {}
+    for shape, kinds in results.get("sync", {}).items():
+        if "error" in kinds:
+            table[f"sync {shape}"] = "error"
+            continue
+        for kind, r in kinds.items():
+            table[f"sync {shape} {kind}"] = "error" if "error" in r else {
+                "s": round(r["sync_s"], 4), "GB/s": round(r["gb_per_s"], 2), "MB": round(r["bytes"] / 1e6, 1),
+                "guard": r["sync_check"][:6], "gap_stale": round(r["probe_gap_stale"], 4),
+                "gap_synced": round(r["probe_gap_synced"], 4),
+            }
+    for mode, r in results.get("step", {}).items():
+        table[f"step {mode}"] = "error" if "error" in r else {k.split("/")[1]: round(v, 2) for k, v in r["median"].items()}
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", nargs="?", default="all", choices=["all", "sync", "step"])
+    parser.add_argument("--parts", default="sync,step")
+    parser.add_argument("--shape", help="sync: the model shape (one process each)")
+    parser.add_argument("--mode", choices=MODES, help="step: the placement (one process each)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--pushes", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="CPU: hf engine, gloo, a 2-layer model, tiny batches")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    workdir = Path(args.workdir or ("/tmp/distributed-bench-smoke" if args.smoke else "/tmp/distributed-bench"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.part == "sync":
+        print("RESULT " + json.dumps(part_sync(workdir, args.shape, args.smoke, args.pushes)), flush=True)
+        return
+    if args.part == "step":
+        print("RESULT " + json.dumps(part_step(workdir, args.mode, args.smoke, args.steps)), flush=True)
+        return
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device_name(args.smoke),
+        "smoke": args.smoke, "enforce_eager": True, "steps": args.steps, "pushes": args.pushes,
+    }
+    common = ["--workdir", str(workdir), *(["--smoke"] if args.smoke else [])]
+    started = time.perf_counter()
+    for part in args.parts.split(","):
+        results[part] = {}
+        for item in ([SMOKE_SHAPE] if args.smoke else SHAPES) if part == "sync" else MODES:
+            flag = ["--shape", item, "--pushes", str(args.pushes)] if part == "sync" else ["--mode", item, "--steps", str(args.steps)]
+            t = time.perf_counter()
+            print(f"{part} {item}: running (timeout {PART_TIMEOUT_S[part]}s)", flush=True)
+            results[part][item] = run_part(__file__, [part, *flag, *common], PART_TIMEOUT_S[part], workdir / f"{part}-{item}.log")
+            print(f"{part} {item}: done in {time.perf_counter() - t:.0f}s"
+                  + (f" with error {results[part][item]['error']}" if "error" in results[part][item] else ""), flush=True)
+            if args.out:
+                Path(args.out).write_text(json.dumps(results, indent=1))
+    results["total_s"] = time.perf_counter() - started
+    results["summary"] = summary(results)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    print(json.dumps(results["summary"], indent=1), flush=True)
+    print("RESULT " + json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
