@@ -183,8 +183,14 @@ class DeepSpeedBackend:
 
         import deepspeed
 
+        from deepspeed.accelerator import get_accelerator
+
         deepspeed.utils.logger.setLevel(logging.WARNING)
         os.environ.setdefault("LOCAL_RANK", "0")  # one Ray actor per rank, each seeing its own device as device 0
+        if get_accelerator().device_name() == "cpu":
+            # its CPU communicator would first compile a shared-memory all-reduce kernel (a minute of
+            # g++), which only DeepSpeed's inference uses: training collectives go through gloo
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         lm = causal_lm(self.score.policy)
         self.engine, self.optimizer, *_ = deepspeed.initialize(
             model=self.score, optimizer=self.optimizer, config=deepspeed_config(self.config, lm.config.hidden_size),
