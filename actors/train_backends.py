@@ -176,6 +176,8 @@ class DeepSpeedBackend:
 
     @property
     def model(self) -> Any:
+        if self.engine is None:
+            raise RuntimeError("the DeepSpeed engine is built when the learner joins its group (Learner.join_group)")
         return self.engine
 
     def start(self) -> None:
@@ -234,13 +236,17 @@ class DeepSpeedBackend:
             return weights
 
     def state(self, path: Path) -> dict[str, Any]:
-        """DeepSpeed's own checkpoint (every rank its shard of weights and AdamW moments) under ``path``."""
-        self.engine.save_checkpoint(str(path / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, save_latest=False)
+        """DeepSpeed's own checkpoint (every rank its shard of the trainable weights and AdamW
+        moments) under ``path``; frozen weights (a LoRA run's base) are the checkpoint's model."""
+        self.engine.save_checkpoint(
+            str(path / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=True
+        )
         return {}
 
     def load_state(self, path: Path, state: dict[str, Any]) -> None:
         loaded, _ = self.engine.load_checkpoint(
-            str(path / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+            str(path / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=False,
+            load_module_strict=False,  # the frozen weights were left out
         )
         if loaded is None:
             raise ValueError(f"{path} holds no DeepSpeed checkpoint ({DEEPSPEED_DIR}/{DEEPSPEED_TAG}): it was saved "
