@@ -91,3 +91,32 @@ def test_two_zero3_ranks_match_one_plain_process_save_full_weights_and_resume(ch
     assert all(not torch.equal(trained[k], base[k]) for k in base if "weight" in k and "norm" not in k)
     resumed = _train(_config(checkpoint, tmp_path / "resumed", "deepspeed_zero3", resume=str(saved)))
     _assert_same_steps(resumed, reference[2:])  # DeepSpeed's checkpoint: shards of weights and AdamW moments
+
+
+def test_a_non_finite_zero2_step_is_skipped_and_leaves_the_weights_alone(cluster, checkpoint, tmp_path):
+    """DeepSpeed's own check is the guard: a NaN gradient norm skips the step on every rank."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("zero_bench", Path(__file__).parents[2] / "benchmarks" / "zero_bench.py")
+    bench = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shape = bench.Shape(prompts=4, generations=4, prompt_tokens=4, completion_tokens=4, micro_batch=4)
+    config = _config(checkpoint, tmp_path, "deepspeed_zero2")  # 2 ranks x 2 micro-steps of 4: one step per batch
+    group, ranks, pg = bench.start_learners(config, gpus=0.0)
+    try:
+        before = ray.get(group.weights.remote())[1]
+        poisoned = bench.synthetic_batch(shape, 14, 0, seed=0)
+        poisoned.advantages[:2] = float("nan")  # rank 0's first micro-step
+        (bad,) = ray.get(group.train_generation.remote(poisoned, 0))
+        version, after = ray.get(group.weights.remote())
+        assert bad["skipped"] == 1.0 and version == 1
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        (good,) = ray.get(group.train_generation.remote(bench.synthetic_batch(shape, 14, 0, seed=1), 1))
+        assert good["skipped"] == 0.0 and good["grad_norm"] > 0
+        assert any(not torch.equal(before[k], v) for k, v in ray.get(group.weights.remote())[1].items())
+    finally:
+        for r in ranks:
+            ray.kill(r)
+        ray.util.remove_placement_group(pg)
