@@ -1,9 +1,8 @@
 """DeepSpeed ZeRO learners on CPU (DeepSpeed's CPU accelerator, gloo) through the real Ray loop.
 
 Two ZeRO ranks (ZeRO-2 with the optimizer offloaded to CPU memory, ZeRO-3) with half the
-per-rank batch must log the same per-step losses and gradient
-norms as one plain process with the same seed and global batch (both average gradients over
-ranks), pass the stale-weight guard after every sync (the engine's logprobs against the
+per-rank batch must log the same per-step losses and gradient norms as one plain process with
+the same seed and global batch (both average gradients over ranks), pass the stale-weight guard after every sync (the engine's logprobs against the
 learner's: ZeRO-3 gathers its sharded weights for both), save a loadable checkpoint of full
 tensors, and resume from DeepSpeed's own checkpoint to the same later steps. Skipped where
 DeepSpeed is not installed. (LoRA under ZeRO: tests/actors/test_learner_deepspeed_gpu.py.)
