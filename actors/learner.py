@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 import warnings
@@ -13,12 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from actors.train_backends import make_backend
 from grpo_ray import collective
 from grpo_ray.batching import plan_generation_cycle, rank_rows
 from grpo_ray.checkpoint import LEARNER_STATE
 from grpo_ray.config import TrainConfig
 from grpo_ray.loss import grpo_loss, mask_truncated_completions
-from grpo_ray.modeling import completion_logprobs, export_weights, load_policy, load_tokenizer, probe_logprobs
+from grpo_ray.modeling import CompletionLogprobs, load_policy, load_tokenizer, probe_logprobs
 from grpo_ray.rollout_batch import RolloutBatch
 
 
@@ -50,7 +50,9 @@ class Learner:
     ``torch.distributed`` group (:meth:`host_group` on rank 0, then :meth:`join_group` on every
     rank); each trains on its rows of the batch plan with TRL's multi-process loss scaling,
     gradients and logged metrics are averaged over ranks before each optimizer step, so every
-    rank takes the same step. Rank 0 exports the weights and saves.
+    rank takes the same step. Rank 0 exports the weights and saves. How the ranks share the
+    gradients, the optimizer and (ZeRO-3) the weights is the train backend's business
+    (:mod:`actors.train_backends`, ``batch.train_backend``).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class Learner:
         self.reference = None
         if config.grpo.beta > 0 and not config.lora.enabled:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.score = CompletionLogprobs(self.policy)  # every forward of the policy runs through this
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         o = config.optim
         self.optimizer = torch.optim.AdamW(
@@ -77,6 +80,7 @@ class Learner:
         )
         self.version = 0  # bumped by every optimizer step
         self.rank, self.world_size = rank, config.batch.num_processes
+        self.backend = make_backend(config, self.score, self.optimizer, rank)
         self._store: Any = None  # the TCPStore rank 0 hosts for a group being formed
         self._sync_group: Any = None  # learner rank 0 + the rollout engines (collective weight sync)
         self._sync_on_cpu = True
@@ -89,7 +93,8 @@ class Learner:
         return host, port
 
     def join_group(self, host: str, port: int) -> int:
-        """Join the learner group; rank 0's trainable weights are copied to every rank. Returns the rank."""
+        """Join the learner group; rank 0's trainable weights are copied to every rank, then the
+        train backend starts (DeepSpeed builds its engine on the group). Returns the rank."""
         import torch.distributed as dist
         from datetime import timedelta
 
@@ -99,6 +104,7 @@ class Learner:
         with torch.no_grad():
             for p in self.params:
                 dist.broadcast(p.data, 0)
+        self.backend.start()
         return self.rank
 
     def join_sync_group(self, backend: str, world_size: int, timeout_s: float) -> int:
@@ -110,9 +116,11 @@ class Learner:
         return 0
 
     def broadcast_weights(self, bucket_bytes: int) -> int:
-        """Rank 0: send the current weights to the sync group; returns their version."""
+        """Rank 0: send the current weights to the sync group (under ZeRO-3 every rank calls this
+        and helps gather them); returns their version."""
         weights = self.weights(copy_to_cpu=self._sync_on_cpu)[1]  # gloo sends from CPU, NCCL from the GPU
-        collective.send(self._sync_group, weights, self.version, bucket_bytes)
+        if self.rank == 0:
+            collective.send(self._sync_group, weights, self.version, bucket_bytes)
         return self.version
 
     def weight_specs(self) -> list[collective.TensorSpec]:
@@ -127,34 +135,37 @@ class Learner:
     # -- weights ---------------------------------------------------------------------------------
 
     def weights(self, copy_to_cpu: bool = True) -> tuple[int, dict[str, torch.Tensor]]:
-        """(version, tensors) for the rollout engines: LoRA tensors, or the full state dict."""
-        return self.version, export_weights(self.policy, self.config.lora, copy_to_cpu=copy_to_cpu)
+        """(version, tensors) for the rollout engines: LoRA tensors, or the full state dict; full
+        tensors on rank 0 whatever the backend shards (other ranks: ``{}``)."""
+        return self.version, self.backend.full_weights(copy_to_cpu)
 
     def policy_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """The policy's logprobs of a probe sequence (the stale-weight guard's half)."""
-        return probe_logprobs(self.policy, token_ids)
+        return probe_logprobs(self.score, token_ids)
 
     def save(self, path: str) -> str:
-        """Write the adapter (or full model) and tokenizer with ``save_pretrained``."""
+        """Rank 0: write the adapter (or full model, gathered where sharded) and tokenizer with ``save_pretrained``."""
         out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(out)
-        load_tokenizer(self.config.model).save_pretrained(out)
+        with self.backend.gathered():
+            if self.rank == 0:
+                out.mkdir(parents=True, exist_ok=True)
+                self.policy.save_pretrained(out)
+                load_tokenizer(self.config.model).save_pretrained(out)
         return str(out)
 
     def save_state(self, path: str) -> str:
-        """``save`` (a loadable checkpoint) plus what an exact resume needs, in ``learner_state.pt``:
-        trainable weights, pending gradients, optimizer, scheduler, weight version and the
-        torch / numpy / python RNG of this process."""
+        """``save`` (a loadable checkpoint) plus what an exact resume needs: the train backend's
+        state (plain: trainable weights, pending gradients and optimizer in ``learner_state.pt``;
+        DeepSpeed: its own checkpoint, every rank its shard) and, in ``learner_state.pt``, the
+        scheduler, weight version and the torch / numpy / python RNG of rank 0."""
         self.save(path)
-        named = [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]
+        extra = self.backend.state(Path(path))
+        if self.rank != 0:
+            return str(path)
         np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
         py_version, py_internal, py_gauss = random.getstate()
-        state = {
+        state = extra | {
             "version": self.version,
-            "params": {n: p.detach().to("cpu", copy=True) for n, p in named},
-            "grads": {n: p.grad.detach().to("cpu", copy=True) for n, p in named if p.grad is not None},
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -169,15 +180,7 @@ class Learner:
     def load_state(self, path: str) -> int:
         """Restore what ``save_state`` wrote; returns the weight version."""
         state = torch.load(Path(path) / LEARNER_STATE, map_location="cpu", weights_only=True)
-        named = {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
-        if set(state["params"]) != set(named):
-            missing, extra = sorted(set(named) - set(state["params"])), sorted(set(state["params"]) - set(named))
-            raise ValueError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
-        with torch.no_grad():
-            for n, p in named.items():
-                p.copy_(state["params"][n])
-                p.grad = state["grads"][n].to(p.device) if n in state["grads"] else None
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.backend.load_state(Path(path), state)
         self.scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
@@ -192,10 +195,10 @@ class Learner:
 
     # -- logprobs --------------------------------------------------------------------------------
 
-    def _logps(self, model: torch.nn.Module, batch: RolloutBatch, with_entropy: bool = False) -> Any:
+    def _logps(self, model: Any, batch: RolloutBatch, with_entropy: bool = False) -> Any:
+        """``model``: a :class:`CompletionLogprobs` (or the backend's wrapper of one)."""
         m = self.config.model
-        return completion_logprobs(
-            model,
+        return model(
             batch.prompt_ids,
             batch.prompt_mask,
             batch.completion_ids,
@@ -215,12 +218,12 @@ class Learner:
             rows = list(range(start, min(start + chunk, len(batch))))
             part = batch.select(rows)
             if not reference:
-                logps = self._logps(self.policy, part)
+                logps = self._logps(self.score, part)
             elif self.reference is not None:
-                logps = self._logps(self.reference, part)
+                logps = self._logps(CompletionLogprobs(self.reference), part)
             else:
                 with self.policy.disable_adapter():
-                    logps = self._logps(self.policy, part)
+                    logps = self._logps(self.score, part)
             out[start : start + len(rows), : logps.shape[1]] = logps.float()
         return out
 
@@ -259,7 +262,7 @@ class Learner:
             rows = [position[r] for r in step.rows[self.rank]]
             part = batch.select(rows)
             t = part.completion_ids.shape[1]
-            logps, entropy = self._logps(self.policy, part, with_entropy=True)
+            logps, entropy = self._logps(self.backend.model, part, with_entropy=True)
             idx = torch.as_tensor(rows)
             on = lambda x: None if x is None else x.to(logps.device)  # noqa: E731
             loss, metrics = grpo_loss(
@@ -276,7 +279,7 @@ class Learner:
                 steps_per_generation=spg,
                 num_processes=c.batch.num_processes,
             )
-            loss.backward()
+            self.backend.backward(loss, boundary=step.optimizer_step)
             window.setdefault("loss", []).append(loss.item())
             for k, v in metrics.items():
                 window.setdefault(k, []).append(float(v))
@@ -295,17 +298,12 @@ class Learner:
         out["loss"] = sum(window["loss"])  # micro-losses are already scaled to sum to the step's loss
         if self.world_size > 1:
             out = self._average_over_ranks(out)
-        max_norm = self.config.optim.max_grad_norm
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm > 0 else float("inf")))
         loss = out["loss"]
-        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         lr = self.scheduler.get_last_lr()[0]
-        if not skipped:
-            self.optimizer.step()
+        grad_norm, skipped = self.backend.step(loss)
         with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.version += 1
         out.update({
             "loss": loss, "grad_norm": grad_norm, "learning_rate": lr, "weight_version": float(self.version),
@@ -314,20 +312,12 @@ class Learner:
         return out
 
     def _average_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Gradients and metrics averaged over the learner group (each rank's loss carries TRL's
-        ``num_processes`` factor, so the average is the whole batch's loss and gradient)."""
+        """Logged metrics averaged over the learner group (each rank's loss carries TRL's
+        ``num_processes`` factor, so the average is the whole batch's loss; the backend averages
+        the gradients the same way)."""
         import torch.distributed as dist
 
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = collective.pack([p.grad for p in self.params])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        with torch.no_grad():
-            for p, g in zip(self.params, flat.split([p.numel() for p in self.params])):
-                p.grad.copy_(g.view_as(p))
         keys = sorted(metrics)
-        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=flat.device)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self._device())
         dist.all_reduce(values)
         return dict(zip(keys, (values / self.world_size).tolist()))

@@ -5,7 +5,8 @@ The driver's loop calls ``learner.<method>.remote(...)`` the same way for one le
 many: training and resuming fan out to every rank (the returned ref resolves, once every rank
 finished, to rank 0's answer; a rank's failure fails it); everything else (weights, the
 stale-weight probe, saving, the sync group) goes to rank 0, which holds the same weights as
-every rank.
+every rank, except what the train backend needs every rank for (``every_rank``: DeepSpeed's
+checkpoint, and under ZeRO-3 every read of the sharded weights).
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ class _FanOut:
 
 
 class LearnerGroup:
-    def __init__(self, ranks: list[Any]):
+    def __init__(self, ranks: list[Any], every_rank: frozenset[str] = frozenset()):
         self.ranks = ranks
+        self.fan_out = FAN_OUT | every_rank
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        if name in FAN_OUT:
+        if name in self.fan_out:
             return _FanOut([getattr(r, name) for r in self.ranks])
         return getattr(self.ranks[0], name)
 

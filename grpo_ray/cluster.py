@@ -51,12 +51,14 @@ class Actors:
 
 
 def resolve_mode(config: TrainConfig) -> str:
-    """``run.mode`` with ``auto`` decided: colocate on a machine with exactly one GPU and one engine."""
+    """``run.mode`` with ``auto`` decided: colocate on a machine with exactly one GPU, one engine and
+    one plain learner (DeepSpeed re-lays the weights out, so it cannot share the engine's)."""
     if config.run.mode != "auto":
         return config.run.mode
     import torch
 
-    single = config.rollout.num_workers == 1 and config.batch.num_processes == 1
+    b = config.batch
+    single = config.rollout.num_workers == 1 and b.num_processes == 1 and b.train_backend == "plain"
     return "colocate" if torch.cuda.device_count() == 1 and single else "distributed"
 
 
@@ -117,6 +119,7 @@ def place_actors(config: TrainConfig) -> Actors:
     from actors.learner_group import LearnerGroup
     from actors.reward_worker import RewardWorker
     from actors.rollout_worker import RolloutWorker
+    from actors.train_backends import EVERY_RANK
 
     specs = bundles(config)
     if uses_gpu(config) and ray.cluster_resources().get("GPU", 0) < sum(b.get("GPU", 0) for b in specs):
@@ -161,8 +164,8 @@ def place_actors(config: TrainConfig) -> Actors:
     n = config.batch.num_processes
     ranks = [start(Learner, rank, config, int(specs[rank]["CPU"]), None, rank) for rank in range(n)]
     rollout = [start(RolloutWorker, n + i, config, i, restarts=restarts) for i in range(config.rollout.num_workers)]
-    if n == 1:
+    if n == 1 and config.batch.train_backend == "plain":  # DeepSpeed builds its engine on a group, even of one
         return Actors(ranks[0], rollout, reward, pg, learner_ranks=ranks)
-    group = LearnerGroup(ranks)
+    group = LearnerGroup(ranks, EVERY_RANK[config.batch.train_backend])
     group.form()
     return Actors(group, rollout, reward, pg, learner_ranks=ranks)

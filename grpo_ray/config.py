@@ -211,8 +211,15 @@ class BatchConfig:
     )
     train_backend: str = knob(
         "plain",
-        "How learner ranks share the work: plain (each rank a full copy; gradients all-reduced) or "
-        "deepspeed_zero2 / deepspeed_zero3 (GPU only; not built yet: refused at start-up).",
+        "How learner ranks share the work: plain (each rank a full copy of weights, gradients and AdamW "
+        "moments; gradients all-reduced), deepspeed_zero2 (DeepSpeed ZeRO-2: gradients and AdamW moments "
+        "sharded over the ranks) or deepspeed_zero3 (ZeRO-3: the weights too). DeepSpeed needs "
+        "pip install -e '.[gpu]' and run.mode='distributed'.",
+    )
+    zero_offload_optimizer: bool = knob(
+        False,
+        "DeepSpeed only: keep the AdamW moments and fp32 master weights in CPU memory (ZeRO-Offload), "
+        "stepping there; saves GPU memory for a slower step.",
     )
     learner_resources: tuple[str, ...] = knob(
         (), "Custom Ray resources each learner rank needs, as 'NAME=AMOUNT' (e.g. a node label 'learner_node=1')."
@@ -229,6 +236,9 @@ class BatchConfig:
         if self.steps_per_generation is not None:
             _check_int(s, "steps_per_generation", self.steps_per_generation, 1)
         _check_int(s, "num_processes", self.num_processes, 1)
+        if self.zero_offload_optimizer and self.train_backend == "plain":
+            _fail(s, "zero_offload_optimizer", True, "it offloads DeepSpeed's optimizer: set batch.train_backend="
+                  "'deepspeed_zero2' or 'deepspeed_zero3', or leave it false")
 
     @property
     def steps_per_generation_value(self) -> int:
@@ -633,6 +643,19 @@ class TrainConfig:
             raise ConfigError(
                 f"run.mode='colocate' runs one learner process beside the engine, but batch.num_processes="
                 f"{self.batch.num_processes}: set batch.num_processes=1 or run.mode='distributed'"
+            )
+        deepspeed = f"batch.train_backend={self.batch.train_backend!r}"
+        if self.batch.train_backend != "plain" and self.run.mode == "colocate":
+            raise ConfigError(
+                f"{deepspeed} re-lays the weights out in DeepSpeed's buffers, and run.mode='colocate' builds the "
+                "learner on the engine's weight tensors: set run.mode='distributed' or batch.train_backend='plain'"
+            )
+        if self.batch.train_backend != "plain" and rest:
+            raise ConfigError(
+                f"{deepspeed}: an accumulation window of gradient_accumulation_steps="
+                f"{self.batch.gradient_accumulation_steps} micro-steps runs on past the end of a generation cycle "
+                f"({per_cycle} micro-steps), and DeepSpeed's checkpoints do not hold a window's pending gradients: "
+                f"set batch.gradient_accumulation_steps to a divisor of {per_cycle}, or batch.train_backend='plain'"
             )
 
 

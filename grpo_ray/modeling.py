@@ -201,10 +201,28 @@ def completion_logprobs(
     )
 
 
+class CompletionLogprobs(torch.nn.Module):
+    """:func:`completion_logprobs` of ``policy`` as one module (same arguments, less ``policy``).
+
+    The learner runs every forward through it, and a train backend wraps it whole: ZeRO-3 gathers
+    a sharded weight around the forward of the module that reads it, and the LM head's weight is
+    read here, outside the LM head's own forward.
+    """
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return completion_logprobs(self.policy, *args, **kwargs)
+
+
 @torch.no_grad()
-def probe_logprobs(policy: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
-    """``[len(token_ids) - 1]`` logprob of each token after the first, at temperature 1 (float32, CPU)."""
+def probe_logprobs(score: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
+    """``[len(token_ids) - 1]`` logprob of each token after the first, at temperature 1 (float32, CPU).
+
+    ``score``: a :class:`CompletionLogprobs` (or what wraps one, e.g. a DeepSpeed engine)."""
     ids = torch.tensor([token_ids], dtype=torch.long)
     ones = torch.ones_like(ids)
-    logps = completion_logprobs(policy, ids[:, :1], ones[:, :1], ids[:, 1:], ones[:, 1:], temperature=1.0, impl="torch")
+    logps = score(ids[:, :1], ones[:, :1], ids[:, 1:], ones[:, 1:], temperature=1.0, impl="torch")
     return logps[0].float().cpu()

@@ -8,7 +8,9 @@ import torch
 from transformers import LogitsProcessor
 
 from grpo_ray.config import TrainConfig
-from grpo_ray.modeling import eos_token_ids, import_weights, load_policy, load_tokenizer, probe_logprobs
+from grpo_ray.modeling import (
+    CompletionLogprobs, eos_token_ids, import_weights, load_policy, load_tokenizer, probe_logprobs,
+)
 from grpo_ray.sampling import Sample, SamplingSpec
 
 
@@ -84,7 +86,7 @@ class HFEngine:
         """Nothing to take back."""
 
     def sampler_logprobs(self, token_ids: list[int]) -> torch.Tensor:
-        return probe_logprobs(self.model, token_ids)
+        return probe_logprobs(CompletionLogprobs(self.model), token_ids)
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], spec: SamplingSpec) -> list[Sample]:

@@ -147,6 +147,22 @@ BAD_CONFIGS = [
         lambda: TrainConfig(batch=BatchConfig(num_processes=2), run=RunConfig(mode="colocate")),
         ["run.mode='colocate'", "batch.num_processes=1"],
     ),
+    (
+        "DeepSpeed in colocate mode",
+        lambda: TrainConfig(batch=BatchConfig(train_backend="deepspeed_zero2"), run=RunConfig(mode="colocate")),
+        ["batch.train_backend='deepspeed_zero2'", "run.mode='distributed'"],
+    ),
+    (
+        "DeepSpeed with an accumulation window across generations",
+        lambda: TrainConfig(batch=BatchConfig(train_backend="deepspeed_zero3", gradient_accumulation_steps=4,
+                                              steps_per_generation=2)),
+        ["batch.train_backend='deepspeed_zero3'", "pending gradients", "a divisor of 2"],
+    ),
+    (
+        "optimizer offload without DeepSpeed",
+        lambda: BatchConfig(zero_offload_optimizer=True),
+        ["batch.zero_offload_optimizer=True", "'deepspeed_zero2'"],
+    ),
     ("resource without amount", lambda: RolloutConfig(resources=("node_a",)), ["rollout.resources", "'NAME=AMOUNT'"]),
     ("resource amount 0", lambda: RewardConfig(resources=("node_a=0",)), ["reward.resources", "AMOUNT > 0"]),
     ("GPU as a custom resource", lambda: BatchConfig(learner_resources=("GPU=1",)), ["batch.learner_resources", "not CPU/GPU"]),

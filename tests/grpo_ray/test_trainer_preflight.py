@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import pytest
 import ray
@@ -77,9 +78,10 @@ def test_a_second_run_into_the_same_output_dir_is_refused_unless_it_resumes(mode
         preflight(other_rank, ROWS)
 
 
-def test_a_deepspeed_learner_is_refused_before_ray_starts(model, tmp_path):
+def test_a_deepspeed_learner_without_deepspeed_is_refused_before_ray_starts(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed raises ImportError
     config = tiny_config(model, tmp_path / "out", batch={"train_backend": "deepspeed_zero2", "num_processes": 2})
-    with pytest.raises(ConfigError, match=r"batch.train_backend='deepspeed_zero2' .* uses none: set batch.train_backend='plain'"):
+    with pytest.raises(ConfigError, match=r"batch.train_backend='deepspeed_zero2' needs DeepSpeed.*pip install -e '\.\[gpu\]'"):
         GRPOTrainer(config, ROWS)
     assert not ray.is_initialized()
 
