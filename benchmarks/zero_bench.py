@@ -186,11 +186,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="CPU (gloo), small model, tiny batch: the same code path")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per variant (after one warm-up)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
-    parser.add_argument("--modes", default="lora,full", help="lora, full or both")
+    parser.add_argument("--modes", default="lora,full", help="comma-separated subset of lora,full")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="deadline of one variant (start, warm-up, steps)")
     parser.add_argument("--workdir", default=None, help="where the random checkpoint is written (default: a temp dir)")
     parser.add_argument("--out", default=None, help="also write the result JSON here")
     args = parser.parse_args(argv)
+    unknown = set(args.modes.split(",")) - {"lora", "full"} or set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown mode or variant {sorted(unknown)}: --modes takes lora,full; --variants {','.join(VARIANTS)}")
 
     import ray
     import torch
