@@ -650,6 +650,11 @@ class TrainConfig:
                 f"{deepspeed} re-lays the weights out in DeepSpeed's buffers, and run.mode='colocate' builds the "
                 "learner on the engine's weight tensors: set run.mode='distributed' or batch.train_backend='plain'"
             )
+        if self.batch.train_backend != "plain" and self.model.load_in_4bit:
+            raise ConfigError(
+                f"{deepspeed} with model.load_in_4bit=true is not supported (DeepSpeed would shard or re-lay "
+                "out the packed 4-bit weights): set batch.train_backend='plain' or model.load_in_4bit=false"
+            )
         if self.batch.train_backend != "plain" and rest:
             raise ConfigError(
                 f"{deepspeed}: an accumulation window of gradient_accumulation_steps="

@@ -181,6 +181,14 @@ BAD_CONFIGS = [
         ["model.load_in_4bit=true", "set lora.enabled=true"],
     ),
     (
+        "4-bit base under DeepSpeed",
+        lambda: TrainConfig(
+            model=ModelConfig(load_in_4bit=True), batch=BatchConfig(train_backend="deepspeed_zero2"),
+            run=RunConfig(mode="distributed"),
+        ),
+        ["model.load_in_4bit=true is not supported", "batch.train_backend='plain'"],
+    ),
+    (
         "checkpoints inside a generation cycle",
         lambda: TrainConfig(batch=BatchConfig(steps_per_generation=2), run=RunConfig(save_steps=3)),
         ["run.save_steps=3", "takes 2 optimizer steps", "multiple of 2"],
