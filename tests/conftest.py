@@ -1,4 +1,5 @@
-"""Shared test setup: GPU tests are skipped where there is no CUDA device."""
+"""Shared test setup: GPU tests are skipped where there is no CUDA device; the fixtures most
+modules share (a module may define its own of the same name to differ)."""
 
 import pytest
 import torch
@@ -11,3 +12,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A fresh local Ray cluster for the module (``address='local'``: never a neighbour's)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny model and tokenizer on disk, made once per module."""
+    from tests.support.tiny import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))

@@ -8,7 +8,7 @@ import torch
 from actors.learner import Learner
 from actors.rollout_worker import RolloutWorker
 from grpo_ray.advantages import compute_advantages
-from tests.support.tiny import tiny_checkpoint, tiny_config
+from tests.support.tiny import tiny_config
 
 PROMPTS = ["1+2=", "33+4=", "5+", "ab"]
 
@@ -18,11 +18,6 @@ PROMPTS = ["1+2=", "33+4=", "5+", "ab"]
 # order: 1e-5 absolute is ~100x the differences seen (< 5e-7), and far below any real bug
 # (a position-id or off-by-one error shifts logprobs by > 1e-1).
 PARITY_ATOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def _pair(config):

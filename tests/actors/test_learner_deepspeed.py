@@ -15,7 +15,7 @@ import ray
 import torch
 
 from grpo_ray.trainer import GRPOTrainer
-from tests.support.tiny import tiny_checkpoint, tiny_config
+from tests.support.tiny import tiny_config
 
 pytest.importorskip("deepspeed")
 
@@ -24,18 +24,6 @@ STEPS = 3
 LORA = False
 #: fp32 on CPU: the ranks' gradient sums and DeepSpeed's flat buffers change float rounding order only.
 CLOSE = dict(rel=1e-4, abs=1e-6)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def _config(checkpoint, out, backend, sync_backend="object_store", offload=False, **run):

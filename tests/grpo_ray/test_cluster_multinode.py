@@ -14,7 +14,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from grpo_ray.trainer import GRPOTrainer
-from tests.support.tiny import tiny_checkpoint, tiny_config
+from tests.support.tiny import tiny_config
 
 ROWS = [{"prompt": p} for p in ["1+2=", "33+4=", "5+", "ab", "7=", "12+12=", "9+9", "a+b="]]
 
@@ -28,11 +28,6 @@ def cluster():
     c.wait_for_nodes()
     yield c
     c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def _node_of(actor) -> str:

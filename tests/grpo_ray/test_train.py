@@ -10,12 +10,6 @@ import ray
 
 from grpo_ray import startup
 from grpo_ray.train import main
-from tests.support.tiny import tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

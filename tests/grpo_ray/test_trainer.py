@@ -9,7 +9,7 @@ import ray
 import torch
 
 from grpo_ray.trainer import GRPOTrainer
-from tests.support.tiny import tiny_checkpoint, tiny_config
+from tests.support.tiny import tiny_config
 
 ROWS = [{"prompt": p} for p in ["1+2=", "33+4=", "5+", "ab", "7=", "12+12=", "9+9", "a+b="]]
 
@@ -19,11 +19,6 @@ def cluster():
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def test_loop_trains_syncs_logs_and_checkpoints(cluster, checkpoint, tmp_path):

@@ -14,23 +14,18 @@ from grpo_ray.cli import config_to_dict
 from grpo_ray.config import ConfigError
 from grpo_ray.rewards import RewardResolutionError
 from grpo_ray.trainer import GRPOTrainer, preflight
-from tests.support.tiny import tiny_checkpoint, tiny_config
+from tests.support.tiny import tiny_config
 
 ROWS = [{"prompt": "1+2="}, {"prompt": "3+4="}]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-def test_bad_reward_name_and_bad_model_path_fail_before_ray_starts(model, tmp_path):
+def test_bad_reward_name_and_bad_model_path_fail_before_ray_starts(checkpoint, tmp_path):
     with pytest.raises(RewardResolutionError, match="reward.functions: reward function 'not_a_reward' is not registered"):
-        GRPOTrainer(tiny_config(model, tmp_path, reward={"functions": ("not_a_reward",)}), ROWS)
+        GRPOTrainer(tiny_config(checkpoint, tmp_path, reward={"functions": ("not_a_reward",)}), ROWS)
     with pytest.raises(ValueError, match="model.name_or_path"):
         GRPOTrainer(tiny_config(tmp_path / "missing", tmp_path), ROWS)
     with pytest.raises(ValueError, match="'prompt'"):
-        GRPOTrainer(tiny_config(model, tmp_path), [{"question": "1+2="}])
+        GRPOTrainer(tiny_config(checkpoint, tmp_path), [{"question": "1+2="}])
     assert not ray.is_initialized()
     assert list(tmp_path.iterdir()) == []
 
@@ -52,20 +47,20 @@ def test_model_path_errors_are_one_line_naming_the_flag_and_the_fix(tmp_path):
     assert "\n" not in str(broken.value) and "does not load (a local directory" in str(broken.value)
 
 
-def test_a_reward_needing_a_column_the_rows_lack_is_named(model, tmp_path):
-    config = tiny_config(model, tmp_path, reward={"functions": ("tests.support.reward_fns:short_completion", "math")})
+def test_a_reward_needing_a_column_the_rows_lack_is_named(checkpoint, tmp_path):
+    config = tiny_config(checkpoint, tmp_path, reward={"functions": ("tests.support.reward_fns:short_completion", "math")})
     with pytest.raises(ConfigError, match=r"reward function 'math' needs dataset column\(s\) \['answer'\], which the training rows lack"):
         preflight(config, ROWS)
     preflight(config, [{"prompt": "1+2=", "answer": "3"}])
 
 
-def test_a_second_run_into_the_same_output_dir_is_refused_unless_it_resumes(model, tmp_path):
-    config = tiny_config(model, tmp_path)
+def test_a_second_run_into_the_same_output_dir_is_refused_unless_it_resumes(checkpoint, tmp_path):
+    config = tiny_config(checkpoint, tmp_path)
     assert preflight(config, ROWS) is None
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(ConfigError, match=r"already holds a run \(metrics.jsonl\): continue it with --run.resume latest"):
         preflight(config, ROWS)
-    resuming = tiny_config(model, tmp_path, run={"resume": "latest"})
+    resuming = tiny_config(checkpoint, tmp_path, run={"resume": "latest"})
     with pytest.raises(ConfigError, match="holds no complete checkpoint"):
         preflight(resuming, ROWS)
     saved = tmp_path / "checkpoint-2"
@@ -78,19 +73,19 @@ def test_a_second_run_into_the_same_output_dir_is_refused_unless_it_resumes(mode
         preflight(other_rank, ROWS)
 
 
-def test_a_deepspeed_learner_without_deepspeed_is_refused_before_ray_starts(model, tmp_path, monkeypatch):
+def test_a_deepspeed_learner_without_deepspeed_is_refused_before_ray_starts(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed raises ImportError
-    config = tiny_config(model, tmp_path / "out", batch={"train_backend": "deepspeed_zero2", "num_processes": 2})
+    config = tiny_config(checkpoint, tmp_path / "out", batch={"train_backend": "deepspeed_zero2", "num_processes": 2})
     with pytest.raises(ConfigError, match=r"batch.train_backend='deepspeed_zero2' needs DeepSpeed.*pip install -e '\.\[gpu\]'"):
         GRPOTrainer(config, ROWS)
     assert not ray.is_initialized()
 
 
-def test_a_4bit_base_without_bitsandbytes_is_refused_before_ray_starts(model, tmp_path, monkeypatch):
+def test_a_4bit_base_without_bitsandbytes_is_refused_before_ray_starts(checkpoint, tmp_path, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(ConfigError, match=r"model.load_in_4bit=true needs bitsandbytes.*pip install -e '.\[gpu\]'"):
-        GRPOTrainer(tiny_config(model, tmp_path / "out", model={"load_in_4bit": True}), ROWS)
+        GRPOTrainer(tiny_config(checkpoint, tmp_path / "out", model={"load_in_4bit": True}), ROWS)
     assert not ray.is_initialized()

@@ -21,7 +21,7 @@ import torch
 
 from grpo_ray.checkpoint import LEARNER_STATE, read_trainer_state
 from grpo_ray.trainer import GRPOTrainer, TrainingFailed, TrainingInterrupted
-from tests.support.tiny import tiny_checkpoint, tiny_config
+from tests.support.tiny import tiny_config
 
 ROWS = [{"prompt": p} for p in ["1+2=", "33+4=", "5+", "ab", "7=", "12+12=", "9+9", "a+b="]]
 STEPS = 8  # 4 generation cycles of 2 optimizer steps
@@ -30,19 +30,7 @@ SAME = ("loss", "reward", "reward_std", "grad_norm", "completion_length", "learn
         "weight_version_sampled", "rewards/tests.support.reward_fns:slow_short_completion", "frac_reward_zero_std")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-def config(model: Path, out: Path, **sections):
+def config(checkpoint: Path, out: Path, **sections):
     base = {
         "rollout": {"num_workers": 1},
         "reward": {"functions": ("tests.support.reward_fns:slow_short_completion",), "num_workers": 1},
@@ -50,7 +38,7 @@ def config(model: Path, out: Path, **sections):
     }
     for name, values in sections.items():
         base[name] = base.get(name, {}) | values
-    return tiny_config(model, out, **base)
+    return tiny_config(checkpoint, out, **base)
 
 
 def metrics(out: Path) -> list[dict]:
@@ -85,9 +73,9 @@ def assert_same_steps(run: list[dict], reference: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def baseline(cluster, model, tmp_path_factory):
+def baseline(cluster, checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("baseline") / "run"
-    trainer = GRPOTrainer(config(model, out), ROWS)
+    trainer = GRPOTrainer(config(checkpoint, out), ROWS)
     try:
         result = trainer.run()
     finally:
@@ -109,10 +97,10 @@ def test_checkpoint_n_holds_exactly_n_steps_and_old_ones_rotate(baseline):
     assert not list(out.glob(".tmp-*"))
 
 
-def test_interrupted_then_crashed_run_resumes_bit_identical(baseline, model, tmp_path):
+def test_interrupted_then_crashed_run_resumes_bit_identical(baseline, checkpoint, tmp_path):
     out = tmp_path / "run"
     # 1. Ctrl-C (SIGINT) once the first cycle is logged: the run ends its cycle, saves, and exits.
-    trainer = GRPOTrainer(config(model, out), ROWS)
+    trainer = GRPOTrainer(config(checkpoint, out), ROWS)
     when(lambda: len(metrics(out)) >= 2, lambda: os.kill(os.getpid(), signal.SIGINT))
     with pytest.raises(TrainingInterrupted) as stopped:
         trainer.run()
@@ -121,7 +109,7 @@ def test_interrupted_then_crashed_run_resumes_bit_identical(baseline, model, tmp
     assert f"resume with --run.resume latest (or --run.resume {stopped.value.checkpoint})" in str(stopped.value)
 
     # 2. Resume; kill -9 the learner once the next checkpoint is written: a clear failure naming it.
-    trainer = GRPOTrainer(config(model, out, run={"resume": "latest"}), ROWS)
+    trainer = GRPOTrainer(config(checkpoint, out, run={"resume": "latest"}), ROWS)
     learner_pid = pid_of(trainer.actors.learner)
     second = out / f"checkpoint-{first + 2}"
     when(second.exists, lambda: os.kill(learner_pid, signal.SIGKILL))
@@ -132,7 +120,7 @@ def test_interrupted_then_crashed_run_resumes_bit_identical(baseline, model, tmp
         trainer.shutdown()
 
     # 3. Resume again and finish: the log is the uninterrupted run's, step for step.
-    trainer = GRPOTrainer(config(model, out, run={"resume": "latest"}), ROWS)
+    trainer = GRPOTrainer(config(checkpoint, out, run={"resume": "latest"}), ROWS)
     try:
         result = trainer.run()
     finally:
@@ -141,9 +129,9 @@ def test_interrupted_then_crashed_run_resumes_bit_identical(baseline, model, tmp
     assert_same_steps(metrics(out), metrics(baseline[0]))
 
 
-def test_killed_rollout_and_reward_workers_are_restarted_and_no_step_is_lost(baseline, model, tmp_path):
+def test_killed_rollout_and_reward_workers_are_restarted_and_no_step_is_lost(baseline, checkpoint, tmp_path):
     out = tmp_path / "run"
-    trainer = GRPOTrainer(config(model, out), ROWS)
+    trainer = GRPOTrainer(config(checkpoint, out), ROWS)
     rollout, reward = trainer.actors.rollout_workers[0], trainer.actors.reward_workers[0]
     pids = {"rollout": pid_of(rollout), "reward": pid_of(reward)}
     when(lambda: len(metrics(out)) >= 2, lambda: os.kill(pids["rollout"], signal.SIGKILL))
@@ -159,10 +147,10 @@ def test_killed_rollout_and_reward_workers_are_restarted_and_no_step_is_lost(bas
     assert_same_steps(metrics(out), metrics(baseline[0]))
 
 
-def test_infinite_rewards_are_dropped_and_repeated_skipped_steps_stop_the_run(cluster, model, tmp_path):
+def test_infinite_rewards_are_dropped_and_repeated_skipped_steps_stop_the_run(cluster, checkpoint, tmp_path):
     out = tmp_path / "run"
     c = config(
-        model, out,
+        checkpoint, out,
         grpo={"scale_rewards": "none"},
         reward={"functions": ("tests.support.reward_fns:flat_infinite_huge",)},
         run={"save_steps": 0, "max_consecutive_skips": 2},

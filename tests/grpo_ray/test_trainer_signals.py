@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from grpo_ray.checkpoint import read_trainer_state
-from tests.support.tiny import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,17 +50,12 @@ def alive(pids: set[int]) -> set[int]:
     return {pid for pid in pids if running(pid)}
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_a_signal_saves_a_checkpoint_and_leaves_no_process_behind(how, model, tmp_path):
+def test_a_signal_saves_a_checkpoint_and_leaves_no_process_behind(how, checkpoint, tmp_path):
     out = tmp_path / "run"
     metrics = out / "metrics.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.train_tiny", str(model), str(out)], cwd=REPO,
+        [sys.executable, "-m", "tests.support.train_tiny", str(checkpoint), str(out)], cwd=REPO,
         env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a terminal gives a command
     )

@@ -7,21 +7,9 @@ import ray
 
 from grpo_ray.trainer import GRPOTrainer
 from grpo_ray.weight_sync import StaleWeightsError, probe_tokens
-from tests.support.tiny import tiny_checkpoint, tiny_config
+from tests.support.tiny import tiny_config
 
 ROWS = [{"prompt": p} for p in ["1+2=", "33+4=", "5+", "ab", "7=", "12+12=", "9+9", "a+b="]]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)  # never a neighbour's cluster
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def test_probe_is_fixed_and_inside_the_vocabulary():

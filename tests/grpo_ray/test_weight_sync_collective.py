@@ -12,22 +12,10 @@ import ray
 
 from grpo_ray.trainer import GRPOTrainer
 from grpo_ray.weight_sync import CollectiveSync, WeightSyncError
-from tests.support.tiny import tiny_checkpoint, tiny_config
+from tests.support.tiny import tiny_config
 
 ROWS = [{"prompt": p} for p in ["1+2=", "33+4=", "5+", "ab", "7=", "12+12=", "9+9", "a+b="]]
 TIMEOUT_S = 4.0
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def _trainer(checkpoint, tmp_path, restarts: int, lora: bool = True) -> GRPOTrainer:
