@@ -29,7 +29,7 @@ import torch
 
 from grpo_ray import collective
 from grpo_ray.config import TrainConfig
-from grpo_ray.modeling import CompletionLogprobs, causal_lm, export_weights
+from grpo_ray.modeling import CompletionLogprobs, WeightExport, causal_lm
 
 #: Learner methods that every rank must run under a backend (the learner group fans them out):
 #: DeepSpeed's checkpoint is written by every rank (each its shard), and under ZeRO-3 every
@@ -57,6 +57,7 @@ class PlainBackend:
         self.config, self.score, self.optimizer, self.rank = config, score, optimizer, rank
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.world_size = config.batch.num_processes
+        self.export = WeightExport(score.policy, config.lora)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -100,7 +101,7 @@ class PlainBackend:
         yield
 
     def full_weights(self, copy_to_cpu: bool) -> dict[str, torch.Tensor]:
-        return export_weights(self.score.policy, self.config.lora, copy_to_cpu=copy_to_cpu)
+        return self.export(copy_to_cpu)
 
     def state(self, path: Path) -> dict[str, Any]:
         """Trainable weights, pending gradients and the optimizer, for ``learner_state.pt``."""
@@ -173,6 +174,7 @@ class DeepSpeedBackend:
         self.stage = 3 if config.batch.train_backend == "deepspeed_zero3" else 2
         self.shards_weights = self.stage == 3
         self.engine: Any = None
+        self.export = WeightExport(score.policy, config.lora)  # under ZeRO-3 it reads (and records) gathered weights
 
     @property
     def model(self) -> Any:
@@ -230,7 +232,7 @@ class DeepSpeedBackend:
         with self.gathered():
             if self.rank != 0:
                 return {}
-            weights = export_weights(self.score.policy, self.config.lora, copy_to_cpu=copy_to_cpu)
+            weights = self.export(copy_to_cpu)
             if self.shards_weights and not copy_to_cpu:
                 weights = {k: v.clone() for k, v in weights.items()}
             return weights

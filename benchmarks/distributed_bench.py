@@ -15,10 +15,11 @@ timeout; one that fails or hangs is recorded as an error and the rest go on.
 * sync (one process per shape: qwen2.5-0.5b, qwen2.5-1.5b): for full weights, then LoRA r16
   on every linear layer (two engines: a LoRA engine takes adapters only), the time of one
   push (``time/sync_s``: learner -> NCCL -> every tensor loaded in the engine) after a first
-  push that forms the group, median of ``--pushes``, the bytes moved and GB/s, and how much of
-  it the engine's own load takes. Then correctness: the learner's weights are perturbed, the
-  stale-weight probe (``rollout.sync_check``) shows the gap before the push, and after it the
-  gap and the guard's verdict.
+  push that forms the group, median of ``--pushes``, the bytes moved and GB/s, and where a
+  push's time goes (:data:`PUSH_STAGES`: the learner's export and send, the engine's receive
+  and load, each timed inside its actor). Then correctness: the learner's weights are
+  perturbed, the stale-weight probe (``rollout.sync_check``) shows the gap before the push,
+  and after it the gap and the guard's verdict.
 * step (one process per mode): the real driver (``GRPOTrainer``) on colocate_bench's config
   (64 prompts x 8 generations x up to 256 new tokens, LoRA r16, micro-batch 16 x 32
   accumulation, beta 0) for ``--steps`` optimizer steps in ``run.mode='distributed'``
@@ -91,25 +92,43 @@ def _visible_gpus(actor: Any) -> str | None:
     return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
-def _time_engine_loads(worker: Any) -> None:
-    """Wrap the rollout worker's ``engine.update_weights`` to record how long each load takes."""
+#: Where a push's time goes: (actor, label, object on the actor, attribute) timed in place. The
+#: rest of a push's time is the driver's Ray calls and the wait of whichever side is first.
+PUSH_STAGES = (
+    ("learner", "export", "backend", "full_weights"),  # the tensors to send, found on the learner
+    ("learner", "send", "collective", "send"),  # header + buckets over the group, until sent
+    ("engine", "receive", "collective", "receive"),  # header + buckets, until received
+    ("engine", "engine_load", "engine", "update_weights"),  # the engine takes them (GPU work waited for)
+)
+
+
+def _time_stages(actor: Any, role: str) -> None:
+    """Wrap this actor's :data:`PUSH_STAGES` to record each call's seconds (GPU work waited for)."""
+    import importlib
+
     import torch
 
-    inner = worker.engine.update_weights
-    worker.bench_loads = []
+    actor.bench_times = {}
+    for who, label, path, attr in PUSH_STAGES:
+        if who != role:
+            continue
+        owner = importlib.import_module("grpo_ray.collective") if path == "collective" else getattr(actor, path)
+        inner = getattr(owner, attr)
+        times = actor.bench_times.setdefault(label, [])
 
-    def timed(weights: Any) -> None:
-        started = time.perf_counter()
-        inner(weights)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        worker.bench_loads.append(time.perf_counter() - started)
+        def timed(*args: Any, _inner: Any = inner, _times: list[float] = times, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            out = _inner(*args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            _times.append(time.perf_counter() - started)
+            return out
 
-    worker.engine.update_weights = timed
+        setattr(owner, attr, timed)
 
 
-def _engine_loads(worker: Any) -> list[float]:
-    return worker.bench_loads
+def _stage_times(actor: Any) -> dict[str, list[float]]:
+    return actor.bench_times
 
 
 def _perturb(learner: Any, lora: bool) -> None:
@@ -156,7 +175,7 @@ def measure_sync(config: Any, pushes: int) -> dict[str, Any]:
         gpus = {"learner": ray.get(learner.__ray_call__.remote(_visible_gpus)),
                 "engine": ray.get(worker.__ray_call__.remote(_visible_gpus))}
         print(f"    actors up in {init_s:.1f}s on CUDA_VISIBLE_DEVICES {gpus}, sync backend {sync.backend}", flush=True)
-        ray.get(worker.__ray_call__.remote(_time_engine_loads))
+        ray.get([learner.__ray_call__.remote(_time_stages, "learner"), worker.__ray_call__.remote(_time_stages, "engine")])
         t = time.perf_counter()
         sync.push()
         first_s = time.perf_counter() - t  # forms the group (NCCL connects) and sends
@@ -164,7 +183,9 @@ def measure_sync(config: Any, pushes: int) -> dict[str, Any]:
         for _ in range(pushes):
             sync.push()
             times.append(sync.timings["time/sync_s"])
-        loads = ray.get(worker.__ray_call__.remote(_engine_loads))[1:]  # the first push's load left out
+        stages = {**ray.get(learner.__ray_call__.remote(_stage_times)), **ray.get(worker.__ray_call__.remote(_stage_times))}
+        # the first push's calls left out (it formed the group; weight_specs also exported once)
+        stages = {label: statistics.median(t[-pushes:]) for label, t in stages.items()}
         nbytes = sum(s.nbytes for s in sync.specs)
         median = statistics.median(times)
         ray.get(learner.__ray_call__.remote(_perturb, config.lora.enabled))
@@ -178,7 +199,8 @@ def measure_sync(config: Any, pushes: int) -> dict[str, Any]:
             verdict = f"failed: {err}"
         check_s = time.perf_counter() - t
         return {
-            "sync_s": median, "all_s": times, "first_push_s": first_s, "engine_load_s": statistics.median(loads),
+            "sync_s": median, "all_s": times, "first_push_s": first_s, "engine_load_s": stages["engine_load"],
+            "stages_s": stages,
             "bytes": nbytes, "tensors": len(sync.specs), "gb_per_s": nbytes / median / 1e9,
             "bucket_mb": config.rollout.sync_bucket_mb, "backend": sync.backend, "actors_init_s": init_s,
             "cuda_visible_devices": gpus, "probe_gap_stale": stale, "probe_gap_synced": _gap(sync),
@@ -267,6 +289,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                 "s": round(r["sync_s"], 4), "GB/s": round(r["gb_per_s"], 2), "MB": round(r["bytes"] / 1e6, 1),
                 "guard": r["sync_check"][:6], "gap_stale": round(r["probe_gap_stale"], 4),
                 "gap_synced": round(r["probe_gap_synced"], 4),
+                **{f"{label}_ms": round(1e3 * v, 1) for label, v in r["stages_s"].items()},
             }
     for mode, r in results.get("step", {}).items():
         table[f"step {mode}"] = "error" if "error" in r else {k.split("/")[1]: round(v, 2) for k, v in r["median"].items()}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -35,7 +36,7 @@ class TensorSpec(NamedTuple):
 
     @property
     def nbytes(self) -> int:
-        return int(torch.Size(self.shape).numel()) * torch.empty((), dtype=self.dtype).element_size()
+        return int(torch.Size(self.shape).numel()) * self.dtype.itemsize
 
 
 def specs_of(tensors: dict[str, torch.Tensor]) -> list[TensorSpec]:
@@ -44,6 +45,12 @@ def specs_of(tensors: dict[str, torch.Tensor]) -> list[TensorSpec]:
 
 def plan_buckets(specs: list[TensorSpec], bucket_bytes: int) -> list[list[int]]:
     """Consecutive tensors of one dtype, each bucket at most ``bucket_bytes`` (a larger tensor goes alone)."""
+    return [list(bucket) for bucket in _plan(tuple(specs), bucket_bytes)]
+
+
+@lru_cache(maxsize=8)
+def _plan(specs: tuple[TensorSpec, ...], bucket_bytes: int) -> tuple[tuple[int, ...], ...]:
+    """:func:`plan_buckets`, planned once per run's tensors (every push sends the same ones)."""
     buckets: list[list[int]] = []
     size = 0
     for i, spec in enumerate(specs):
@@ -54,7 +61,7 @@ def plan_buckets(specs: list[TensorSpec], bucket_bytes: int) -> list[list[int]]:
         else:
             current.append(i)
             size += spec.nbytes
-    return buckets
+    return tuple(tuple(bucket) for bucket in buckets)
 
 
 def pack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -62,8 +69,9 @@ def pack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def unpack(flat: torch.Tensor, specs: list[TensorSpec]) -> list[torch.Tensor]:
+    """The tensors packed in ``flat``, as views of it (no copy: a received bucket is theirs alone)."""
     sizes = [int(torch.Size(s.shape).numel()) for s in specs]
-    return [part.view(s.shape).clone() for part, s in zip(flat.split(sizes), specs)]
+    return [part.view(s.shape) for part, s in zip(flat.split(sizes), specs)]
 
 
 def node_address() -> str:

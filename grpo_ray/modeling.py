@@ -139,6 +139,45 @@ def export_weights(policy: torch.nn.Module, lora: LoraConfig, *, copy_to_cpu: bo
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+class WeightExport:
+    """:func:`export_weights` of one policy, call after call, without walking the model each time.
+
+    ``state_dict()``, and PEFT's ``get_peft_model_state_dict`` on top of it, visit every module
+    of the model on each call: 15 ms for a Qwen2.5-0.5B-shaped model with LoRA (2-core box), on
+    a LoRA weight sync whose budget is 50 ms. What the walk returns are the model's parameters
+    and buffers themselves, under names fixed for the run; so the first call records which
+    tensor each name is, and later calls only hand those out. The record holds the ``Parameter``
+    objects, so it stays true when optimizer steps or loads write in place and when a wrapper
+    (DeepSpeed) re-points a parameter's ``.data``. Should the walk return a tensor that is no
+    parameter or buffer of the model, every call walks again.
+    """
+
+    def __init__(self, policy: torch.nn.Module, lora: LoraConfig):
+        self.policy, self.lora = policy, lora
+        self.sources: dict[str, torch.Tensor] | None = None
+        self._recorded = False
+
+    def __call__(self, copy_to_cpu: bool = True) -> dict[str, torch.Tensor]:
+        if self.sources is None:
+            state = export_weights(self.policy, self.lora, copy_to_cpu=False)
+            if not self._recorded:
+                self._recorded = True
+                self.sources = self._record(state)
+        else:
+            state = {name: t.detach() for name, t in self.sources.items()}
+        if not copy_to_cpu:
+            return state
+        return {k: v.to("cpu", copy=True) for k, v in state.items()}
+
+    def _record(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        def key(t: torch.Tensor) -> tuple[Any, ...]:
+            return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device
+
+        owners = {key(t): t for t in (*self.policy.parameters(), *self.policy.buffers())}
+        sources = {name: owners.get(key(t)) for name, t in state.items()}
+        return sources if all(t is not None for t in sources.values()) else None
+
+
 def import_weights(policy: torch.nn.Module, weights: dict[str, torch.Tensor], lora: LoraConfig) -> None:
     """Load tensors produced by :func:`export_weights` into a policy of the same shape."""
     if lora.enabled:

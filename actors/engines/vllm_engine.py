@@ -86,6 +86,19 @@ def engine_sizes(config: TrainConfig, hf_config: Any) -> dict[str, int]:
     }
 
 
+def converted(tensors: dict[str, torch.Tensor], dtype: torch.dtype, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """``tensors`` times ``scale`` (in their own dtype), then in ``dtype``: three kernels for all
+    of them instead of two per tensor (a LoRA update has hundreds). Views of one new buffer."""
+    if not tensors:
+        return {}
+    flat = torch.cat([t.reshape(-1) for t in tensors.values()])
+    if scale != 1.0:
+        flat.mul_(scale)
+    flat = flat.to(dtype)
+    parts = flat.split([t.numel() for t in tensors.values()])
+    return {name: part.view(t.shape) for (name, t), part in zip(tensors.items(), parts)}
+
+
 def lora_rank_slot(r: int) -> int:
     """The smallest rank vLLM accepts for ``max_lora_rank`` that holds rank ``r``."""
     for rank in VLLM_LORA_RANKS:
@@ -269,13 +282,14 @@ class VLLMEngine:
             elif ".lora_B." in name:
                 b_of[module] = tensor
         dtype = next(iter(manager.modules.values())).lora_a_stacked[0].dtype
+        a_of, b_of = converted(a_of, dtype), converted(b_of, dtype, scale)
         written = set()
         for module_name, module in manager.modules.items():
             parts = manager.packed_modules.get(module_name, [module_name])
             if not any(p in a_of for p in parts):
                 continue
-            a = [a_of[p].to(dtype) if p in a_of else None for p in parts]
-            b = [(b_of[p] * scale).to(dtype) if p in b_of else None for p in parts]
+            a = [a_of.get(p) for p in parts]
+            b = [b_of.get(p) for p in parts]
             module.set_lora(slot, a if len(parts) > 1 else a[0], b if len(parts) > 1 else b[0])
             written.update(p for p in parts if p in a_of)
         missing = set(a_of) - written

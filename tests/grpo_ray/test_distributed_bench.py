@@ -87,6 +87,9 @@ def test_smoke_runs_every_part_and_the_figures_hold_together(tmp_path):
         assert r["backend"] == "gloo" and r["sync_check"] == "passed" and len(r["all_s"]) == 2
         assert r["probe_gap_synced"] <= r["tolerance"] < r["probe_gap_stale"]  # the probe sees the perturbation, then not
         assert r["bytes"] > 0 and r["gb_per_s"] > 0 and 0 < r["engine_load_s"] < r["sync_s"]
+        stages = r["stages_s"]
+        assert set(stages) == {"export", "send", "receive", "engine_load"} and min(stages.values()) > 0
+        assert stages["export"] + stages["send"] < r["sync_s"] and stages["receive"] + stages["engine_load"] < r["sync_s"]
     assert sync["lora"]["bytes"] < sync["full"]["bytes"]
     for mode in ("distributed", "colocate"):
         step = result["step"][mode]

@@ -6,6 +6,7 @@ import dataclasses
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from actors.engines import vllm_engine
 from actors.engines.vllm_engine import SUPPORTED_VLLM, engine_sizes, kv_bytes_per_token, lora_rank_slot
@@ -73,3 +74,19 @@ def test_preflight_refuses_vllm_before_any_actor_starts(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="found vLLM 0.9.9"):
         preflight(config)
     assert not ray.is_initialized()
+
+
+def test_lora_tensors_are_converted_in_bulk_like_one_by_one():
+    """``converted`` (what the engine's LoRA load does to every A and B x alpha/r) matches the
+    per-tensor conversion in float64, and hands out views of one buffer."""
+    from actors.engines.vllm_engine import converted
+
+    torch.manual_seed(0)
+    tensors = {"q.lora_B": torch.randn(8, 4), "down.lora_B": torch.randn(3, 4, dtype=torch.float64), "k.lora_B": torch.randn(5)}
+    got = converted(tensors, torch.bfloat16, scale=2.5)
+    assert list(got) == list(tensors)
+    for name, t in tensors.items():
+        assert got[name].dtype == torch.bfloat16 and got[name].shape == t.shape
+        assert torch.equal(got[name], (t.double() * 2.5).to(torch.bfloat16))
+    assert len({t.untyped_storage().data_ptr() for t in got.values()}) == 1
+    assert converted({}, torch.bfloat16) == {}
