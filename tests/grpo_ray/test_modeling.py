@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_ray.config import LoraConfig, ModelConfig
 from grpo_ray import modeling
+from grpo_ray.config import LoraConfig, ModelConfig
 from grpo_ray.modeling import WeightExport, export_weights, load_policy
 from tests.support.tiny import tiny_checkpoint
 

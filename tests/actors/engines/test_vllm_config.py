@@ -82,7 +82,9 @@ def test_lora_tensors_are_converted_in_bulk_like_one_by_one():
     from actors.engines.vllm_engine import converted
 
     torch.manual_seed(0)
-    tensors = {"q.lora_B": torch.randn(8, 4), "down.lora_B": torch.randn(3, 4, dtype=torch.float64), "k.lora_B": torch.randn(5)}
+    tensors = {
+        "q.lora_B": torch.randn(8, 4), "down.lora_B": torch.randn(3, 4, dtype=torch.float64), "k.lora_B": torch.randn(5),
+    }
     got = converted(tensors, torch.bfloat16, scale=2.5)
     assert list(got) == list(tensors)
     for name, t in tensors.items():
