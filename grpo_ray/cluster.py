@@ -10,10 +10,12 @@ or many nodes, since Ray decides where each bundle lands. ``run.mode`` picks the
   Each role's bundle asks for its custom resources (``batch.learner_resources``,
   ``rollout.resources``, ``reward.resources``), which is how roles are pinned to nodes.
 - colocate: one :class:`~actors.colocated_worker.ColocatedWorker` holds the learner and the
-  engine (one GPU, one copy of the base weights) and plays both roles for the driver. ``run.ray_address`` (or ``$RAY_ADDRESS``) joins a running cluster (``auto`` =
-the one ``ray start`` made on this node) and ships the project's packages to its nodes
-through Ray's ``runtime_env`` (``py_modules``); otherwise a local one is started with enough
-logical CPUs for the bundles.
+  engine (one GPU, one copy of the base weights) and plays both roles for the driver.
+
+``run.ray_address`` (or ``$RAY_ADDRESS``) joins a running cluster (``auto`` = the one ``ray
+start`` made on this node) and ships the project's packages to its nodes through Ray's
+``runtime_env`` (``py_modules``); otherwise a local one is started with enough logical CPUs
+for the bundles.
 """
 
 from __future__ import annotations

@@ -122,21 +122,16 @@ def causal_lm(policy: torch.nn.Module) -> torch.nn.Module:
     return policy.get_base_model() if hasattr(policy, "get_base_model") else policy
 
 
-def export_weights(policy: torch.nn.Module, lora: LoraConfig, *, copy_to_cpu: bool = True) -> dict[str, torch.Tensor]:
-    """What a rollout engine needs to match the learner: LoRA tensors, or the full state dict.
-
-    ``copy_to_cpu=False`` hands out detached tensors where they live (an engine in the same
-    process copies them itself).
-    """
+def export_weights(policy: torch.nn.Module, lora: LoraConfig) -> dict[str, torch.Tensor]:
+    """What a rollout engine needs to match the learner: LoRA tensors, or the full state dict,
+    detached where they live (a walk over the model: :class:`WeightExport` does it once)."""
     if lora.enabled:
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(policy)
     else:
         state = policy.state_dict()
-    if not copy_to_cpu:
-        return {k: v.detach() for k, v in state.items()}
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    return {k: v.detach() for k, v in state.items()}
 
 
 class WeightExport:
@@ -158,8 +153,10 @@ class WeightExport:
         self._recorded = False
 
     def __call__(self, copy_to_cpu: bool = True) -> dict[str, torch.Tensor]:
+        """The tensors; ``copy_to_cpu=False`` hands them out where they live (an engine in the
+        same process, or NCCL, reads them there)."""
         if self.sources is None:
-            state = export_weights(self.policy, self.lora, copy_to_cpu=False)
+            state = export_weights(self.policy, self.lora)
             if not self._recorded:
                 self._recorded = True
                 self.sources = self._record(state)

@@ -39,7 +39,7 @@ def test_weight_export_walks_the_model_once_and_follows_the_weights(tiny, lora, 
     export = WeightExport(policy, lora)
 
     def same(got):
-        want = export_weights(policy, lora, copy_to_cpu=False)
+        want = export_weights(policy, lora)
         return list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
 
     assert same(export(copy_to_cpu=False)) and same(export())
