@@ -685,3 +685,47 @@ def test_matches_trl_with_accumulation_and_processes(loss_type):
         compare_with_trl(config, seed=7, engine=True, num_items=60, gas=4, spg=2, nproc=2, other_entropies=other)
         compare_with_trl(config, seed=8, engine=False, num_items=20, gas=2, spg=8, nproc=1)
     compare_with_trl(GRPOConfig(**base), seed=9, engine=True, num_items=60, gas=4, spg=2, nproc=2)
+
+
+# Each knob value the cross-check uses, against the config without it: on the cross-check's
+# batches the knob must move the loss or its gradient, or equality with TRL would prove nothing.
+KNOB_CHANGES = [
+    (dict(loss_type="dapo"), dict(epsilon_high=0.28)),
+    (dict(loss_type="dapo"), dict(delta=1.3)),
+    (dict(loss_type="dapo"), dict(importance_sampling_level="sequence")),
+    (dict(loss_type="grpo", importance_sampling_level="sequence"), dict(loss_type="luspo")),
+    (dict(loss_type="cispo", epsilon_high=5.0), dict(epsilon_high=1.2)),
+    (dict(loss_type="cispo", epsilon_high=1.2), dict(epsilon_high=1.5)),
+    (dict(loss_type="sapo"), dict(sapo_temperature_pos=4.0)),
+    (dict(loss_type="sapo"), dict(sapo_temperature_neg=0.5)),
+    *[(dict(loss_type="vespo", vllm_importance_sampling_mode="token_mask"), {k: v})
+      for k, v in OBJECTIVES["vespo"][1].items()],
+    *[(dict(loss_type="dapo", vllm_importance_sampling_correction=False), {"vllm_importance_sampling_correction": True} | e)
+      for e in list(ENGINES.values())[2:]],
+    (dict(loss_type="dapo", vllm_importance_sampling_mode="token_truncate"), dict(vllm_importance_sampling_clip_min=0.5)),
+    (dict(loss_type="dapo", vllm_importance_sampling_mode="sequence_mask"), dict(vllm_importance_sampling_clip_min=0.5)),
+    (dict(loss_type="dapo"), dict(off_policy_mask_threshold=0.05)),
+    *[(dict(loss_type="dapo"), dict(top_entropy_quantile=q)) for q in (0.25, 0.5, 0.0)],
+    (dict(loss_type="dapo", beta=0.04, use_bias_correction_kl=False), dict(use_bias_correction_kl=True)),
+    (dict(loss_type="dapo"), dict(beta=0.04)),
+]
+
+
+def test_every_knob_changes_the_result_on_the_trl_batches():
+    def result(config, seed):
+        logps0, old, ref, sampling, adv, mask, ent = random_batch(seed)
+        logps = logps0.clone().requires_grad_(True)
+        loss, _ = grpo_loss(logps, old, ref, adv, mask, config, sampling_logps=sampling, entropies=ent)
+        loss.backward()
+        return loss.detach(), logps.grad
+
+    for base, change in KNOB_CHANGES:
+        a = GRPOConfig(max_completion_length=8, **base)
+        b = dataclasses.replace(a, **change)
+        moved = 0
+        for seed in range(100, 110):
+            (la, ga), (lb, gb) = result(a, seed), result(b, seed)
+            moved += not torch.allclose(la, lb, rtol=0, atol=1e-9) or not torch.allclose(ga, gb, rtol=0, atol=1e-9)
+            if moved == 3:  # it bites on several batches, not on one by luck
+                break
+        assert moved == 3, (base, change)
