@@ -50,7 +50,7 @@ def clipped_surrogate(
 
 
 def cispo_surrogate(coef: torch.Tensor, adv: torch.Tensor, logps: torch.Tensor, epsilon_max: float) -> torch.Tensor:
-    """CISPO (MiniMax-M1, arXiv:2506.13585, eq. 4-5; the ScaleRL form, arXiv:2510.13786):
+    """CISPO (MiniMax-M1, arXiv:2506.13585; in the one-sided form of ScaleRL, arXiv:2510.13786):
     ``-sg(min(r, eps_max)) A log pi``. The importance weight is clipped and detached, not the
     update, so every token keeps a REINFORCE gradient ``min(r, eps_max) A grad log pi``."""
     return -torch.clamp(coef, max=epsilon_max).detach() * adv * logps
