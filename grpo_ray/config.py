@@ -7,10 +7,11 @@ validates its own fields and raises :class:`ConfigError` naming the field and th
 bad run dies at start-up, before any model is loaded or any GPU is touched.
 
 The GRPO knobs keep TRL's names and defaults (``GRPOConfig`` of ``trl`` 1.16; Unsloth's
-advanced RL documentation lists the same set). Where a default differs, its help says why:
-``per_device_train_batch_size`` (two prompts per cycle by default), and the importance
-sampling correction, which is the seed's token-level truncation (TIS) with cap 2.0 rather
-than TRL 1.16's ``sequence_mask`` mode.
+advanced RL documentation lists the same set). Where a default differs, its help says why
+(``per_device_train_batch_size``: two prompts per cycle by default). ``kl_estimator`` is ours
+(TRL always uses k3). Combinations TRL only warns about but that do not compute the paper's
+objective (luspo with token-level ratios, vespo with sequence-level ones, cispo without an
+explicit cap, delta on an unclipped loss) are refused here.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def resource_dict(entries: tuple[str, ...]) -> dict[str, float]:
     return {k.strip(): float(v) for k, _, v in (e.partition("=") for e in entries)}
 
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+CLIPPED_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "luspo")  # the ones epsilon / delta clip
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+KL_ESTIMATORS = ("k1", "k2", "k3")
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 REPORT_SINKS = ("tensorboard", "wandb", "swanlab")
@@ -89,15 +93,36 @@ class GRPOConfig:
     )
     epsilon: float = knob(0.2, "Lower clip range of the importance ratio: ratio >= 1 - epsilon.")
     epsilon_high: float | None = knob(
-        None, "Upper clip range (ratio <= 1 + epsilon_high); None = epsilon. DAPO suggests 0.28."
+        None,
+        "Upper clip range (ratio <= 1 + epsilon_high); None = epsilon. DAPO suggests 0.28. With "
+        "loss_type='cispo' it is the cap eps_max of the importance weight itself (ScaleRL suggests 5.0).",
     )
     delta: float | None = knob(
         None, "Two-sided GRPO: also cap the unclipped ratio at delta (INTELLECT-2; use > 1 + epsilon)."
     )
+    sapo_temperature_neg: float = knob(
+        1.05, "SAPO: temperature of the soft gate for tokens with advantage <= 0 (arXiv:2511.20347)."
+    )
+    sapo_temperature_pos: float = knob(
+        1.0, "SAPO: temperature of the soft gate for tokens with advantage > 0 (arXiv:2511.20347)."
+    )
+    vespo_k_pos: float = knob(
+        2.0, "VESPO: power k of phi(w) = e^lambda w^k e^(-lambda w) for advantage >= 0 (down-weights w < 1)."
+    )
+    vespo_lambda_pos: float = knob(
+        3.0, "VESPO: decay lambda of phi(w) for advantage >= 0 (down-weights sequence ratios w > 1)."
+    )
+    vespo_k_neg: float = knob(3.0, "VESPO: power k of phi(w) for advantage < 0.")
+    vespo_lambda_neg: float = knob(2.0, "VESPO: decay lambda of phi(w) for advantage < 0.")
     loss_type: str = knob(
         "dapo",
-        "Loss normaliser: grpo (per sequence), dr_grpo (B x max_completion_length), "
-        "dapo (tokens in the whole generation batch), bnpo (tokens in the local batch).",
+        "The objective. Clipped surrogate with a normaliser: grpo (per sequence), dr_grpo "
+        "(B x max_completion_length), dapo (tokens in the whole generation batch), bnpo (tokens in the "
+        "local batch), luspo (GSPO weighted by length: per-sequence sums; needs importance_sampling_level="
+        "'sequence'). Other surrogates: cispo (clipped, detached IS weight x log-prob, MiniMax-M1; needs "
+        "epsilon_high >= 1), sapo (soft sigmoid gate instead of the clip), vespo (Gamma-shaped sequence "
+        "weight instead of the clip; needs importance_sampling_level='token'); cispo and vespo normalise "
+        "like dapo, sapo like grpo.",
     )
     importance_sampling_level: str = knob(
         "token", "token: one ratio per token; sequence: mean log-ratio per sequence (GSPO)."
@@ -113,12 +138,50 @@ class GRPOConfig:
     mask_truncated_completions: bool = knob(
         False, "Exclude completions that hit max_completion_length without EOS from the loss (DAPO)."
     )
+    top_entropy_quantile: float = knob(
+        1.0,
+        "Train only on the top rho fraction of loss tokens by entropy (Beyond the 80/20 Rule, arXiv:2506.01939; "
+        "0.2 there): 1.0 keeps all tokens, 0.0 only the highest-entropy one. The threshold is a quantile over "
+        "the whole micro-batch on every learner process.",
+    )
     vllm_importance_sampling_correction: bool = knob(
         True,
-        "Truncated importance sampling (TIS): weight each token by min(pi_old/pi_sampler, cap) "
-        "to correct for the rollout engine's numerics. Applied when sampler logprobs are given.",
+        "Correct for the rollout engine sampling with other numerics than the learner: weight the loss by "
+        "pi_old/pi_sampler as vllm_importance_sampling_mode says. Applied when sampler logprobs are given.",
     )
-    vllm_importance_sampling_cap: float = knob(2.0, "The cap C of truncated importance sampling.")
+    vllm_importance_sampling_mode: str = knob(
+        "sequence_mask",
+        "token_truncate (clamp each token's ratio to [clip_min, clip_max]: TIS), token_mask (zero tokens "
+        "whose ratio is outside), sequence_truncate / sequence_mask (the same with one ratio per sequence, "
+        "the product over its tokens: MIS). vespo needs a token_* mode.",
+    )
+    vllm_importance_sampling_clip_max: float | None = knob(
+        3.0, "C_max of the engine correction: truncate (or mask) ratios above it; None = no upper bound."
+    )
+    vllm_importance_sampling_clip_min: float | None = knob(
+        None, "C_min of the engine correction: truncate (or mask) ratios below it; None = no lower bound."
+    )
+    vllm_importance_sampling_cap: float | None = knob(
+        None,
+        "Removed (TRL 1.16 deprecates it too); setting it is an error. Use vllm_importance_sampling_clip_max, "
+        "with vllm_importance_sampling_mode='token_truncate' for what it meant here (token-level truncation).",
+    )
+    off_policy_mask_threshold: float | None = knob(
+        None,
+        "Off-policy sequence masking (DeepSeek-V3.2, eq. 9): drop a negative-advantage completion whose mean "
+        "per-token log(pi_sampler/pi) exceeds this (e.g. 0.5; pi_old stands in for the sampler when the engine "
+        "gave no logprobs); None = off.",
+    )
+    use_bias_correction_kl: bool = knob(
+        True,
+        "Multiply the KL term by the importance ratio pi/pi_old (DeepSeek-V3.2) so its gradient is the "
+        "unbiased reverse-KL gradient; changes the gradient whenever beta > 0, on-policy too.",
+    )
+    kl_estimator: str = knob(
+        "k3",
+        "KL(pi || pi_ref) estimator of the beta term (Schulman 2020): k3 = e^x - x - 1 (TRL's), k2 = x^2/2, "
+        "k1 = -x, with x = log pi_ref - log pi.",
+    )
     max_prompt_length: int | None = knob(
         512,
         "Prompt token limit: `python -m grpo_ray train` drops (and counts) longer prompts before training; "
@@ -143,12 +206,29 @@ class GRPOConfig:
             _fail(s, "epsilon", self.epsilon, "set 0 < epsilon < 1 (the lower bound 1 - epsilon must stay > 0)")
         if self.epsilon_high is not None:
             _check_positive(s, "epsilon_high", self.epsilon_high)
+        _check_choice(s, "loss_type", self.loss_type, LOSS_TYPES)
         if self.delta is not None:
             _check_positive(s, "delta", self.delta)
+            if self.loss_type not in CLIPPED_LOSS_TYPES:
+                _fail(s, "delta", self.delta, f"delta caps the clipped surrogate, which loss_type={self.loss_type!r} "
+                      f"has not: set delta=None, or a loss_type among {', '.join(CLIPPED_LOSS_TYPES)}")
             if self.delta <= 1 + self.epsilon_high_value:
                 _fail(s, "delta", self.delta, f"set delta > 1 + epsilon_high = {1 + self.epsilon_high_value}")
-        _check_choice(s, "loss_type", self.loss_type, LOSS_TYPES)
+        if self.loss_type == "cispo" and (self.epsilon_high is None or self.epsilon_high < 1):
+            _fail(s, "epsilon_high", self.epsilon_high, "loss_type='cispo' caps the importance weight at epsilon_high "
+                  "itself (not 1 + epsilon_high): set epsilon_high >= 1, e.g. 5.0 as ScaleRL recommends")
+        for name in ("sapo_temperature_neg", "sapo_temperature_pos", "vespo_lambda_pos", "vespo_lambda_neg"):
+            _check_positive(s, name, getattr(self, name))
+        for name in ("vespo_k_pos", "vespo_k_neg"):
+            _check_positive(s, name, getattr(self, name), allow_zero=True)
         _check_choice(s, "importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+            _fail(s, "importance_sampling_level", self.importance_sampling_level,
+                  "loss_type='luspo' weighs GSPO's sequence ratio by length: set importance_sampling_level='sequence'")
+        if self.loss_type == "vespo" and self.importance_sampling_level != "token":
+            _fail(s, "importance_sampling_level", self.importance_sampling_level,
+                  "loss_type='vespo' builds its own sequence weight from the token ratios: set "
+                  "importance_sampling_level='token'")
         _check_choice(s, "scale_rewards", self.scale_rewards, SCALE_REWARDS)
         if self.reward_weights is not None:
             if len(self.reward_weights) == 0:
@@ -156,12 +236,41 @@ class GRPOConfig:
             for w in self.reward_weights:
                 if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
                     _fail(s, "reward_weights", self.reward_weights, "every weight must be a finite number")
-        _check_positive(s, "vllm_importance_sampling_cap", self.vllm_importance_sampling_cap)
-        if self.vllm_importance_sampling_cap < 1:
-            _fail(s, "vllm_importance_sampling_cap", self.vllm_importance_sampling_cap, "set a cap >= 1")
+        if not 0.0 <= self.top_entropy_quantile <= 1.0:
+            _fail(s, "top_entropy_quantile", self.top_entropy_quantile, "set 0 <= top_entropy_quantile <= 1 (1 = every token)")
+        self._check_engine_correction()
+        if self.off_policy_mask_threshold is not None:
+            _check_positive(s, "off_policy_mask_threshold", self.off_policy_mask_threshold)
+        _check_choice(s, "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         if self.max_prompt_length is not None:
             _check_int(s, "max_prompt_length", self.max_prompt_length, 1)
         _check_int(s, "max_completion_length", self.max_completion_length, 1)
+
+    def _check_engine_correction(self) -> None:
+        s, mode = "grpo", self.vllm_importance_sampling_mode
+        if self.vllm_importance_sampling_cap is not None:
+            _fail(s, "vllm_importance_sampling_cap", self.vllm_importance_sampling_cap,
+                  "it was replaced: set vllm_importance_sampling_clip_max instead (with "
+                  "vllm_importance_sampling_mode='token_truncate' for the token-level truncation it meant here)")
+        _check_choice(s, "vllm_importance_sampling_mode", mode, IMPORTANCE_SAMPLING_MODES)
+        low, high = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        if high is not None:
+            _check_positive(s, "vllm_importance_sampling_clip_max", high)
+            if high < 1:
+                _fail(s, "vllm_importance_sampling_clip_max", high, "set C_max >= 1 (or None)")
+        if low is not None:
+            _check_positive(s, "vllm_importance_sampling_clip_min", low, allow_zero=True)
+            if low > 1 or (high is not None and low >= high):
+                _fail(s, "vllm_importance_sampling_clip_min", low,
+                      "set 0 <= C_min <= 1 and below vllm_importance_sampling_clip_max (or None)")
+        if not self.vllm_importance_sampling_correction:
+            return
+        if mode.endswith("_truncate") and low is None and high is None:
+            _fail(s, "vllm_importance_sampling_mode", mode, "a *_truncate mode needs vllm_importance_sampling_clip_max "
+                  "or vllm_importance_sampling_clip_min set (or a *_mask mode)")
+        if self.loss_type == "vespo" and not mode.startswith("token_"):
+            _fail(s, "vllm_importance_sampling_mode", mode, "loss_type='vespo' folds per-token engine ratios into its "
+                  "sequence weight: set 'token_truncate' or 'token_mask', or vllm_importance_sampling_correction=false")
 
     @property
     def epsilon_high_value(self) -> float:

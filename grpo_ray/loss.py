@@ -1,60 +1,83 @@
-"""The GRPO objective on per-token log-probabilities: clipped surrogate, KL, IS correction.
+"""The GRPO objective on per-token log-probabilities: policy term, token weights, KL, reduction.
 
 Pure tensor math (no Ray, no model, no GPU needed). All per-token tensors are ``[B, T]``
-over completion tokens, advantages ``[B]``. The value and gradient equal TRL's
-``GRPOTrainer._compute_loss`` for one process and one accumulation step; the two keyword
-arguments ``gradient_accumulation_steps`` and ``num_processes`` reproduce its scaling when
-there are more.
+over completion tokens, advantages ``[B]``. The value and gradient equal TRL 1.16's
+``GRPOTrainer._compute_loss`` for every ``loss_type`` and knob it has; the keyword arguments
+``gradient_accumulation_steps``, ``steps_per_generation`` and ``num_processes`` reproduce its
+scaling across micro-steps and processes.
 
-Per token t of completion i, with ratio r = exp(logp - logp_old) (or, at sequence level,
-the exponentiated masked mean log-ratio of the completion, GSPO)::
+Per token t of completion i, with r the importance ratio pi/pi_old (per token, or per sequence
+with ``importance_sampling_level='sequence'``, GSPO)::
 
-    r_clip = clamp(r, 1 - epsilon, 1 + epsilon_high)
-    r      = min(r, delta)                          if delta is set (two-sided GRPO)
-    l_t    = -min(r * A_i, r_clip * A_i)
-    l_t   *= min(exp(logp_old - logp_sampler), C)   if sampler logprobs are given (TIS)
-    l_t   += beta * (exp(ref - logp) - (ref - logp) - 1)   (k3 KL estimator, Schulman 2020)
+    l_t  = policy term of loss_type (r, A_i)          grpo_ray.surrogates
+    l_t *= off-policy sequence mask (OPSM)            if off_policy_mask_threshold is set
+    l_t *= high-entropy token mask                    if top_entropy_quantile < 1
+    l_t *= engine correction pi_old / pi_sampler      if sampler logprobs are given (not vespo,
+                                                      which folds it into its own weight)
+    l_t += beta * KL_t (x r if use_bias_correction_kl)   KL_t: the k1/k2/k3 estimator
 
-and the per-token losses are reduced by the ``loss_type`` normaliser (see ``LOSS_REDUCERS``).
+(the weights and masks are in ``grpo_ray.loss_weights``), and the per-token losses are reduced
+by the ``loss_type`` normaliser (``LOSS_REDUCERS``).
+
+Slices of a micro-batch: the learner may call :func:`grpo_loss` on some rows of a user's
+micro-batch at a time; ``micro_batch_rows`` and ``micro_batch_tokens`` then carry that
+micro-batch's normalisers so the slices' losses sum to the micro-batch's. Every term is
+local to its row except the high-entropy quantile (:func:`needs_whole_micro_batch`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 
 from grpo_ray.config import GRPOConfig
-
-Metrics = dict[str, torch.Tensor]
+from grpo_ray.loss_weights import engine_importance_weights, high_entropy_mask, off_policy_sequence_mask
+from grpo_ray.surrogates import Metrics, masked_mean, policy_term
 
 
 # --- loss_type normalisers ------------------------------------------------------------------
 
 
-def _reduce_grpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
-    """GRPO (Shao et al. 2024, arXiv:2402.03300, eq. 3): mean over each sequence's tokens,
-    then mean over sequences. Shorter completions weigh more per token (length bias)."""
-    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+class Normalisers(NamedTuple):
+    """What the reducers divide by: the user's micro-batch rows and loss tokens, and the dapo /
+    cispo / vespo token count already rescaled to one accumulation window."""
+
+    rows: float
+    tokens: torch.Tensor
+    num_items: torch.Tensor
 
 
-def _reduce_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+def _reduce_grpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, n: Normalisers) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, arXiv:2402.03300, eq. 3), and SAPO's normaliser: mean over each
+    sequence's tokens, then mean over sequences. Shorter completions weigh more per token."""
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / n.rows
+
+
+def _reduce_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, n: Normalisers) -> torch.Tensor:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv:2503.20783):
     sum over tokens divided by the constant B x max_completion_length, removing length bias."""
-    return (per_token * mask).sum() / (per_token.size(0) * config.max_completion_length)
+    return (per_token * mask).sum() / (n.rows * config.max_completion_length)
 
 
-def _reduce_dapo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
-    """DAPO (Yu et al. 2025, arXiv:2503.14476, token-level policy gradient loss): sum over
-    tokens divided by the number of completion tokens in the whole generation batch, so every
-    token of the batch weighs the same whatever micro-batch it lands in."""
-    return (per_token * mask).sum() / num_items
+def _reduce_dapo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, n: Normalisers) -> torch.Tensor:
+    """DAPO (Yu et al. 2025, arXiv:2503.14476, token-level policy gradient loss), and the
+    normaliser of cispo and vespo: sum over tokens divided by the number of completion tokens in
+    the whole generation batch, so every token weighs the same whatever micro-batch it lands in."""
+    return (per_token * mask).sum() / n.num_items
 
 
-def _reduce_bnpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+def _reduce_bnpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, n: Normalisers) -> torch.Tensor:
     """BNPO (batch-normalised policy optimisation, as in TRL): sum over tokens divided by the
     number of completion tokens of this local micro-batch only."""
-    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    return (per_token * mask).sum() / n.tokens
+
+
+def _reduce_luspo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, n: Normalisers) -> torch.Tensor:
+    """LUSPO (length-unbiased sequence policy optimisation, arXiv:2602.05261): GSPO's sequence
+    loss weighted by the sequence's length, i.e. the sum over each sequence's tokens, then the
+    mean over sequences (GSPO's per-sequence mean favours short completions)."""
+    return (per_token * mask).sum() / n.rows
 
 
 LOSS_REDUCERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -62,38 +85,39 @@ LOSS_REDUCERS: dict[str, Callable[..., torch.Tensor]] = {
     "dr_grpo": _reduce_dr_grpo,
     "dapo": _reduce_dapo,
     "bnpo": _reduce_bnpo,
+    "cispo": _reduce_dapo,
+    "sapo": _reduce_grpo,
+    "luspo": _reduce_luspo,
+    "vespo": _reduce_dapo,
 }
+# Normalised by the whole generation batch's tokens (rescaled per window), not per micro-step.
+GLOBAL_TOKEN_LOSS_TYPES = ("dapo", "cispo", "vespo")
 
 
 # --- the loss ---------------------------------------------------------------------------------
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over unmasked tokens; a ``[B, 1]`` (sequence-level) tensor is averaged plainly."""
-    if x.shape[1] == 1:
-        return x.mean()
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman 2020, "Approximating
+    KL Divergence", http://joschu.net/blog/kl-approx.html), with x = log pi_ref - log pi:
+    k1 = -x (unbiased, high variance, can be negative), k2 = x^2 / 2 (biased, low variance),
+    k3 = exp(x) - x - 1 (unbiased, low variance, >= 0; TRL's and the GRPO paper's). ``[B, T]``."""
+    x = ref_logps - logps
+    if estimator == "k3":
+        return torch.exp(x) - x - 1
+    if estimator == "k2":
+        return 0.5 * x * x
+    if estimator == "k1":
+        return -x
+    raise ValueError(f"unknown kl_estimator {estimator!r}")
 
 
-def importance_log_weights(
-    logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor, level: str
-) -> torch.Tensor:
-    """log(pi / pi_old): ``[B, T]`` per token, or ``[B, 1]`` per sequence (GSPO, Zheng et al.
-    2025, arXiv:2507.18071: the length-normalised sequence log-ratio)."""
-    log_ratio = logps - old_logps  # [B, T]
-    if level == "token":
-        return log_ratio
-    if level == "sequence":
-        return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # [B, 1]
-    raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {level!r}")
-
-
-def truncated_importance_weights(old_logps: torch.Tensor, sampling_logps: torch.Tensor, cap: float) -> torch.Tensor:
-    """Truncated importance sampling (TIS; Yao et al. 2025, "Your Efficient RL Framework
-    Secretly Brings You Off-Policy RL Training"): min(pi_old / pi_sampler, C) per token, which
-    corrects for the rollout engine sampling from slightly different numerics. ``[B, T]``."""
-    # A NaN sampler logprob (the engine gave none) means no correction for that token.
-    return torch.exp(torch.nan_to_num(old_logps - sampling_logps, nan=0.0)).clamp(max=cap)
+def needs_whole_micro_batch(config: GRPOConfig) -> bool:
+    """True when the loss takes a statistic over the whole user micro-batch (the high-entropy
+    quantile of ``top_entropy_quantile < 1``), so calling :func:`grpo_loss` on row slices
+    changes it; the caller then passes whole micro-batches (or that statistic's pool, the
+    ``entropy_pool`` keyword)."""
+    return config.top_entropy_quantile < 1.0
 
 
 def grpo_loss(
@@ -107,11 +131,14 @@ def grpo_loss(
     num_items_in_batch: torch.Tensor | float | None = None,
     sampling_logps: torch.Tensor | None = None,
     entropies: torch.Tensor | None = None,
+    entropy_pool: torch.Tensor | None = None,
     gradient_accumulation_steps: int = 1,
     steps_per_generation: int = 1,
     num_processes: int = 1,
+    micro_batch_rows: int | None = None,
+    micro_batch_tokens: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
-    """The GRPO loss of one micro-batch and its metrics.
+    """The GRPO loss of one micro-batch (or a row slice of one) and its metrics.
 
     Args:
         logps: ``[B, T]`` log-probabilities of the completion tokens under the policy (with grad).
@@ -122,19 +149,28 @@ def grpo_loss(
         mask: ``[B, T]`` 1 for completion tokens that count, 0 for padding (any dtype).
         config: the algorithm's knobs.
         num_items_in_batch: completion tokens in the whole generation batch (all processes),
-            the ``dapo`` normaliser; None means ``mask.sum()``.
-        sampling_logps: ``[B, T]`` the rollout engine's logprobs; with
-            ``config.vllm_importance_sampling_correction`` they enable TIS.
-        entropies: ``[B, T]`` per-token entropies, only reported in the metrics.
+            the dapo / cispo / vespo normaliser; None means ``mask.sum()``.
+        sampling_logps: ``[B, T]`` the rollout engine's logprobs (NaN where it gave none); with
+            ``config.vllm_importance_sampling_correction`` they enable the engine correction,
+            and ``off_policy_mask_threshold`` measures the drift from them (else from old).
+        entropies: ``[B, T]`` per-token entropies: the ``entropy`` metric, and needed by
+            ``top_entropy_quantile < 1``.
+        entropy_pool: 1-D entropies the ``top_entropy_quantile`` threshold is taken over: the
+            loss tokens of the whole user micro-batch on every process; None = this call's own.
         gradient_accumulation_steps, steps_per_generation, num_processes: TRL's scaling
-            across micro-steps and ranks. Every loss_type but dapo is divided by the
-            accumulation steps. dapo's normaliser, which counts the whole generation batch, is
-            rescaled to one accumulation window: ``num_items / num_processes x
+            across micro-steps and ranks. Every loss_type but dapo, cispo and vespo is divided
+            by the accumulation steps. Their normaliser, which counts the whole generation
+            batch, is rescaled to one accumulation window: ``num_items / num_processes x
             gradient_accumulation_steps / steps_per_generation`` (DDP averages gradients).
+        micro_batch_rows: rows of the user micro-batch this call is a slice of (grpo, sapo,
+            luspo and dr_grpo divide by it); None = ``B``.
+        micro_batch_tokens: loss tokens of that micro-batch (bnpo divides by it); None =
+            ``mask.sum()``.
 
     Returns:
-        ``(loss, metrics)``; metrics are detached 0-dim tensors: ``clip_ratio/low_mean``,
-        ``clip_ratio/high_mean``, ``clip_ratio/region_mean``, and ``kl``, ``entropy``,
+        ``(loss, metrics)``; metrics are detached 0-dim tensors (means over this call's rows):
+        ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean`` for the
+        clipped types, ``cispo_clip_ratio``, ``vespo/phi_seq_mean``, and ``kl``, ``entropy``,
         ``is_ratio_mean`` when they apply.
     """
     if logps.dim() != 2:
@@ -143,45 +179,52 @@ def grpo_loss(
         raise ValueError(f"advantages must be [B]={tuple(logps.shape[:1])}, got {tuple(advantages.shape)}")
     if config.beta != 0.0 and ref_logps is None:
         raise ValueError("config.beta > 0 needs ref_logps (the reference policy's logprobs)")
+    if needs_whole_micro_batch(config) and entropies is None:
+        raise ValueError("config.top_entropy_quantile < 1 needs entropies (the per-token entropies)")
     mask = mask.to(logps.dtype)
     if old_logps is None:
         old_logps = logps.detach()
     adv = advantages.unsqueeze(1)  # [B, 1]
-
-    log_w = importance_log_weights(logps, old_logps, mask, config.importance_sampling_level)
-    coef_1 = torch.exp(log_w)  # [B, T] or [B, 1]
-    coef_2 = torch.clamp(coef_1, 1 - config.epsilon, 1 + config.epsilon_high_value)
-    if config.delta is not None:
-        coef_1 = torch.clamp(coef_1, max=config.delta)
-    per_token = -torch.min(coef_1 * adv, coef_2 * adv)  # [B, T]
-
     metrics: Metrics = {}
+
+    engine_is = None
     if sampling_logps is not None and config.vllm_importance_sampling_correction:
-        is_ratio = truncated_importance_weights(old_logps, sampling_logps, config.vllm_importance_sampling_cap)
-        per_token = per_token * is_ratio
-        metrics["is_ratio_mean"] = _masked_mean(is_ratio, mask).detach()
+        engine_is = engine_importance_weights(
+            old_logps, sampling_logps, mask, config.vllm_importance_sampling_mode,
+            config.vllm_importance_sampling_clip_min, config.vllm_importance_sampling_clip_max,
+        )
+        metrics["is_ratio_mean"] = masked_mean(engine_is, mask).detach()
+    per_token, coef, policy_metrics = policy_term(config, logps, logps - old_logps, adv, mask, engine_is)
+    metrics.update(policy_metrics)
+    if config.off_policy_mask_threshold is not None:
+        behaviour = old_logps if sampling_logps is None else sampling_logps
+        per_token = per_token * off_policy_sequence_mask(adv, logps, behaviour, mask, config.off_policy_mask_threshold)
+    if config.top_entropy_quantile < 1.0:
+        per_token = per_token * high_entropy_mask(entropies, mask, config.top_entropy_quantile, entropy_pool)
+    if engine_is is not None and config.loss_type != "vespo":
+        per_token = per_token * engine_is
     if config.beta != 0.0:
-        delta_ref = ref_logps - logps
-        per_token_kl = torch.exp(delta_ref) - delta_ref - 1  # [B, T] k3 estimator
+        per_token_kl = kl_estimate(logps, ref_logps, config.kl_estimator)
+        if config.use_bias_correction_kl:
+            per_token_kl = per_token_kl * coef  # DeepSeek-V3.2 (arXiv:2512.02556): unbiased KL gradient off-policy
         per_token = per_token + config.beta * per_token_kl
-        metrics["kl"] = _masked_mean(per_token_kl, mask).detach()
+        metrics["kl"] = masked_mean(per_token_kl, mask).detach()
 
-    if num_items_in_batch is None:
-        num_items = mask.sum()
-    else:
-        num_items = torch.as_tensor(num_items_in_batch, dtype=logps.dtype, device=logps.device)
-    num_items = num_items.clamp(min=1.0) / num_processes * gradient_accumulation_steps / steps_per_generation
-    loss = LOSS_REDUCERS[config.loss_type](per_token, mask, config, num_items)
-    if config.loss_type != "dapo":
+    def as_tensor(x: torch.Tensor | float | None, default: torch.Tensor) -> torch.Tensor:
+        x = default if x is None else x
+        return torch.as_tensor(x, dtype=logps.dtype, device=logps.device).clamp(min=1.0)
+
+    num_items = as_tensor(num_items_in_batch, mask.sum())
+    normalisers = Normalisers(
+        rows=logps.shape[0] if micro_batch_rows is None else micro_batch_rows,
+        tokens=as_tensor(micro_batch_tokens, mask.sum()),
+        num_items=num_items / num_processes * gradient_accumulation_steps / steps_per_generation,
+    )
+    loss = LOSS_REDUCERS[config.loss_type](per_token, mask, config, normalisers)
+    if config.loss_type not in GLOBAL_TOKEN_LOSS_TYPES:
         loss = loss / gradient_accumulation_steps
-
-    is_low = (coef_1 < 1 - config.epsilon) & (adv < 0)
-    is_high = (coef_1 > 1 + config.epsilon_high_value) & (adv > 0)
-    metrics["clip_ratio/low_mean"] = _masked_mean(is_low.to(logps.dtype), mask).detach()
-    metrics["clip_ratio/high_mean"] = _masked_mean(is_high.to(logps.dtype), mask).detach()
-    metrics["clip_ratio/region_mean"] = _masked_mean((is_low | is_high).to(logps.dtype), mask).detach()
     if entropies is not None:
-        metrics["entropy"] = _masked_mean(entropies.detach(), mask)
+        metrics["entropy"] = masked_mean(entropies.detach(), mask)
     return loss, metrics
 
 

@@ -40,7 +40,6 @@ def test_every_field_has_help():
 # Knobs whose names come from TRL's GRPOConfig but whose defaults deliberately differ.
 TRL_DEFAULT_EXCEPTIONS = {
     "per_device_train_batch_size",  # 16, so the default cycle holds 2 prompts (TRL: 8 = 1 prompt)
-    "vllm_importance_sampling_cap",  # TRL 1.16: deprecated alias (None); the seed documents 2.0
     "max_completion_length",  # 256 here, 512 in TRL 1.16
     "top_k",  # None (disabled) here; TRL spells disabled as 0
 }
@@ -71,7 +70,17 @@ def test_scale_rewards_bools_and_lists_are_normalised():
 
 def test_valid_edge_cases_are_accepted():
     GRPOConfig(delta=1.21)  # > 1 + epsilon = 1.2
-    GRPOConfig(beta=0.0, vllm_importance_sampling_cap=1.0, max_prompt_length=None)
+    GRPOConfig(beta=0.0, vllm_importance_sampling_clip_max=1.0, max_prompt_length=None)
+    # each TRL 1.16 objective with what it needs; the engine-correction bounds at their edges
+    GRPOConfig(loss_type="cispo", epsilon_high=1.0)
+    GRPOConfig(loss_type="luspo", importance_sampling_level="sequence", delta=1.3)
+    GRPOConfig(loss_type="vespo", vllm_importance_sampling_mode="token_mask", vespo_k_pos=0.0)
+    GRPOConfig(loss_type="vespo", vllm_importance_sampling_correction=False)  # no correction: any mode
+    GRPOConfig(loss_type="sapo", importance_sampling_level="sequence", sapo_temperature_neg=0.5)
+    GRPOConfig(vllm_importance_sampling_mode="token_truncate", vllm_importance_sampling_clip_min=0.0,
+               vllm_importance_sampling_clip_max=None)
+    GRPOConfig(vllm_importance_sampling_mode="sequence_mask", vllm_importance_sampling_clip_max=None)
+    GRPOConfig(top_entropy_quantile=0.0, off_policy_mask_threshold=0.5, kl_estimator="k1", use_bias_correction_kl=False)
     # 2 unique prompts is the least GRPO accepts
     TrainConfig(batch=BatchConfig(per_device_train_batch_size=8, steps_per_generation=2), grpo=GRPOConfig(num_generations=8))
     # reward_weights are only checked against reward.functions when functions are named
@@ -107,7 +116,32 @@ BAD_CONFIGS = [
     ("num_iterations 0", lambda: GRPOConfig(num_iterations=0), ["grpo.num_iterations", ">= 1"]),
     ("empty reward_weights", lambda: GRPOConfig(reward_weights=()), ["grpo.reward_weights", "one weight per reward"]),
     ("non-finite reward weight", lambda: GRPOConfig(reward_weights=(1.0, float("inf"))), ["grpo.reward_weights", "finite"]),
-    ("TIS cap < 1", lambda: GRPOConfig(vllm_importance_sampling_cap=0.5), ["grpo.vllm_importance_sampling_cap", ">= 1"]),
+    (
+        "the removed TIS cap",
+        lambda: GRPOConfig(vllm_importance_sampling_cap=2.0),
+        ["grpo.vllm_importance_sampling_cap", "vllm_importance_sampling_clip_max", "token_truncate"],
+    ),
+    ("unknown IS mode", lambda: GRPOConfig(vllm_importance_sampling_mode="token"), ["grpo.vllm_importance_sampling_mode", "'sequence_mask'"]),
+    ("IS C_max < 1", lambda: GRPOConfig(vllm_importance_sampling_clip_max=0.5), ["grpo.vllm_importance_sampling_clip_max", ">= 1"]),
+    ("IS C_min > 1", lambda: GRPOConfig(vllm_importance_sampling_clip_min=1.5, vllm_importance_sampling_clip_max=None),
+     ["grpo.vllm_importance_sampling_clip_min", "<= 1"]),
+    ("IS C_min >= C_max", lambda: GRPOConfig(vllm_importance_sampling_clip_min=1.0, vllm_importance_sampling_clip_max=1.0),
+     ["grpo.vllm_importance_sampling_clip_min", "below vllm_importance_sampling_clip_max"]),
+    ("truncate without bounds", lambda: GRPOConfig(vllm_importance_sampling_mode="sequence_truncate", vllm_importance_sampling_clip_max=None),
+     ["grpo.vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max", "vllm_importance_sampling_clip_min"]),
+    ("luspo at token level", lambda: GRPOConfig(loss_type="luspo"), ["grpo.importance_sampling_level", "'sequence'"]),
+    ("vespo at sequence level", lambda: GRPOConfig(loss_type="vespo", importance_sampling_level="sequence",
+     vllm_importance_sampling_mode="token_mask"), ["grpo.importance_sampling_level", "'token'"]),
+    ("vespo with sequence engine correction", lambda: GRPOConfig(loss_type="vespo"),
+     ["grpo.vllm_importance_sampling_mode", "'token_truncate'", "vllm_importance_sampling_correction=false"]),
+    ("cispo without its cap", lambda: GRPOConfig(loss_type="cispo"), ["grpo.epsilon_high", ">= 1", "5.0"]),
+    ("cispo with a cap < 1", lambda: GRPOConfig(loss_type="cispo", epsilon_high=0.28), ["grpo.epsilon_high", ">= 1"]),
+    ("delta on sapo", lambda: GRPOConfig(loss_type="sapo", delta=2.0), ["grpo.delta", "'sapo'", "delta=None"]),
+    ("sapo temperature 0", lambda: GRPOConfig(sapo_temperature_pos=0.0), ["grpo.sapo_temperature_pos", "> 0"]),
+    ("negative vespo k", lambda: GRPOConfig(vespo_k_neg=-1.0), ["grpo.vespo_k_neg", ">= 0"]),
+    ("entropy quantile > 1", lambda: GRPOConfig(top_entropy_quantile=1.5), ["grpo.top_entropy_quantile", "<= 1"]),
+    ("OPSM threshold 0", lambda: GRPOConfig(off_policy_mask_threshold=0.0), ["grpo.off_policy_mask_threshold", "> 0"]),
+    ("unknown KL estimator", lambda: GRPOConfig(kl_estimator="k4"), ["grpo.kl_estimator", "'k3'"]),
     ("max_completion_length 0", lambda: GRPOConfig(max_completion_length=0), ["grpo.max_completion_length", ">= 1"]),
     (
         "reward_weights length mismatch",
