@@ -32,29 +32,30 @@ Metrics = dict[str, torch.Tensor]
 # --- loss_type normalisers ------------------------------------------------------------------
 
 
-def _reduce_grpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+def _reduce_grpo(per_token, mask, config, num_items, rows, tokens) -> torch.Tensor:
     """GRPO (Shao et al. 2024, arXiv:2402.03300, eq. 3): mean over each sequence's tokens,
-    then mean over sequences. Shorter completions weigh more per token (length bias)."""
-    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    then mean over the micro-batch's ``rows`` sequences. Shorter completions weigh more per
+    token (length bias)."""
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / rows
 
 
-def _reduce_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+def _reduce_dr_grpo(per_token, mask, config, num_items, rows, tokens) -> torch.Tensor:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv:2503.20783):
     sum over tokens divided by the constant B x max_completion_length, removing length bias."""
-    return (per_token * mask).sum() / (per_token.size(0) * config.max_completion_length)
+    return (per_token * mask).sum() / (rows * config.max_completion_length)
 
 
-def _reduce_dapo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+def _reduce_dapo(per_token, mask, config, num_items, rows, tokens) -> torch.Tensor:
     """DAPO (Yu et al. 2025, arXiv:2503.14476, token-level policy gradient loss): sum over
     tokens divided by the number of completion tokens in the whole generation batch, so every
     token of the batch weighs the same whatever micro-batch it lands in."""
     return (per_token * mask).sum() / num_items
 
 
-def _reduce_bnpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+def _reduce_bnpo(per_token, mask, config, num_items, rows, tokens) -> torch.Tensor:
     """BNPO (batch-normalised policy optimisation, as in TRL): sum over tokens divided by the
     number of completion tokens of this local micro-batch only."""
-    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    return (per_token * mask).sum() / tokens.clamp(min=1.0)
 
 
 LOSS_REDUCERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -110,8 +111,10 @@ def grpo_loss(
     gradient_accumulation_steps: int = 1,
     steps_per_generation: int = 1,
     num_processes: int = 1,
+    micro_batch_rows: int | None = None,
+    micro_batch_tokens: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
-    """The GRPO loss of one micro-batch and its metrics.
+    """The GRPO loss of one micro-batch (or of a slice of its rows) and its metrics.
 
     Args:
         logps: ``[B, T]`` log-probabilities of the completion tokens under the policy (with grad).
@@ -131,6 +134,10 @@ def grpo_loss(
             accumulation steps. dapo's normaliser, which counts the whole generation batch, is
             rescaled to one accumulation window: ``num_items / num_processes x
             gradient_accumulation_steps / steps_per_generation`` (DDP averages gradients).
+        micro_batch_rows, micro_batch_tokens: when ``logps`` are a slice of the rows of a
+            micro-batch, its number of rows (grpo's mean over sequences, dr_grpo's B) and of
+            mask tokens (bnpo); None: the slice's own ``B`` and ``mask.sum()``. The losses of
+            the slices of a micro-batch then sum to the micro-batch's loss.
 
     Returns:
         ``(loss, metrics)``; metrics are detached 0-dim tensors: ``clip_ratio/low_mean``,
@@ -171,7 +178,11 @@ def grpo_loss(
     else:
         num_items = torch.as_tensor(num_items_in_batch, dtype=logps.dtype, device=logps.device)
     num_items = num_items.clamp(min=1.0) / num_processes * gradient_accumulation_steps / steps_per_generation
-    loss = LOSS_REDUCERS[config.loss_type](per_token, mask, config, num_items)
+    rows = logps.shape[0] if micro_batch_rows is None else micro_batch_rows
+    tokens = mask.sum() if micro_batch_tokens is None else torch.as_tensor(
+        micro_batch_tokens, dtype=logps.dtype, device=logps.device
+    )
+    loss = LOSS_REDUCERS[config.loss_type](per_token, mask, config, num_items, rows, tokens)
     if config.loss_type != "dapo":
         loss = loss / gradient_accumulation_steps
 
@@ -202,6 +213,15 @@ def mask_truncated_completions(mask: torch.Tensor, truncated: torch.Tensor) -> t
 # --- the loss from hidden states, chunked over tokens and vocabulary ----------------------------
 
 
+def needs_whole_micro_batch(config: GRPOConfig) -> bool:
+    """True when the loss of a micro-batch needs a statistic over all of its rows' logprobs or
+    entropies (e.g. an entropy quantile), so it cannot be computed slice by slice of rows (a
+    slice's loss would not be its share of the micro-batch's). No loss of today's GRPOConfig
+    does: each is a sum over rows once the micro-batch normalisers (``micro_batch_rows``,
+    ``micro_batch_tokens``) are given."""
+    return False
+
+
 def chunked_grpo_loss(
     hidden: torch.Tensor,
     lm_head_weight: torch.Tensor,
@@ -215,46 +235,92 @@ def chunked_grpo_loss(
     sampling_logps: torch.Tensor | None = None,
     temperature: float = 1.0,
     num_items_in_batch: torch.Tensor | float | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
     impl: str = "auto",
     with_entropy: bool = False,
     vocab_chunk_size: int = 8192,
+    fused: bool = True,
+    micro_batch_rows: int | None = None,
+    micro_batch_tokens: torch.Tensor | float | None = None,
     **grpo_loss_kwargs,
 ) -> tuple[torch.Tensor, Metrics]:
     """:func:`grpo_loss` straight from the final hidden states, never forming ``[B, T, V]`` logits.
 
-    The per-token logprobs come from :func:`grpo_ray.logprobs.token_logprobs` (chunked over
-    tokens and the vocabulary; backward recomputes each chunk), then the very same
-    :func:`grpo_loss` runs on them, so the loss math exists once.
+    Two ways, the same loss math (:func:`grpo_loss` itself) in both:
+
+    * ``fused=True`` (the default): :func:`grpo_ray.logprobs.fused_linear_loss`. Per chunk of
+      whole rows, the logits are formed once, ``grpo_loss`` runs on that row slice (with the
+      micro-batch's normalisers, so the slices' losses sum to the loss) and the gradients to
+      ``hidden`` and the head are formed right there: 6NHV executed FLOPs with a trainable
+      head, 4NHV frozen. The metrics come from one more ``grpo_loss`` on the whole batch's
+      detached logprobs (elementwise work on ``[B, T]``), so they are exactly the plain path's.
+    * ``fused=False``, ``impl='full'``, or a loss that needs the whole micro-batch
+      (:func:`needs_whole_micro_batch`): :func:`grpo_ray.logprobs.token_logprobs` (its backward
+      recomputes each logits chunk: 8NHV), then ``grpo_loss``.
 
     Args:
         hidden: ``[B, T, H]`` final hidden states at the positions that predict the completion
-            tokens (what the LM head would be applied to).
+            tokens (what the LM head would be applied to), one row per completion.
         lm_head_weight: ``[V, H]``; gets a gradient when it requires grad (full fine-tuning),
             none when frozen (LoRA).
         completion_ids: ``[B, T]`` the completion tokens.
-        mask, advantages, config, old_logps, ref_logps, sampling_logps, num_items_in_batch: as
-            in :func:`grpo_loss`.
+        mask, advantages, config, old_logps, ref_logps, sampling_logps, num_items_in_batch,
+            micro_batch_rows, micro_batch_tokens: as in :func:`grpo_loss`.
         temperature: the sampling temperature the logits are divided by.
-        chunk_size: tokens per chunk (``ModelConfig.logprob_chunk_size``).
+        chunk_size: tokens per chunk; None: 1024 fused (``ModelConfig.fused_loss_chunk_size``:
+            whole rows whose full-vocabulary fp32 logits are held, ``C x V x 4`` bytes), 4096
+            otherwise (``ModelConfig.logprob_chunk_size``, with ``vocab_chunk_size``).
         impl: 'auto', 'torch', 'triton' or 'full' (``ModelConfig.logprob_impl``).
         with_entropy: also compute per-token entropies and report them as ``metrics['entropy']``
             (otherwise an ``entropies`` keyword, if given, is passed through as in grpo_loss).
         vocab_chunk_size: vocabulary entries per chunk.
+        fused: the gradient-in-forward path (above).
         **grpo_loss_kwargs: passed on to :func:`grpo_loss` (``gradient_accumulation_steps``,
             ``steps_per_generation``, ``num_processes``).
     """
-    from grpo_ray.logprobs import token_logprobs  # local: keeps `import grpo_ray.loss` light
+    from grpo_ray import logprobs as LP  # local: keeps `import grpo_ray.loss` light
 
-    out = token_logprobs(
-        hidden, lm_head_weight, completion_ids,
-        temperature=temperature, chunk_size=chunk_size, impl=impl, with_entropy=with_entropy,
-        vocab_chunk_size=vocab_chunk_size,
-    )
     given_entropies = grpo_loss_kwargs.pop("entropies", None)
-    logps, entropies = out if with_entropy else (out, given_entropies)
-    return grpo_loss(
-        logps, old_logps, ref_logps, advantages, mask, config,
-        num_items_in_batch=num_items_in_batch, sampling_logps=sampling_logps, entropies=entropies,
-        **grpo_loss_kwargs,
+    loss_kw = dict(
+        num_items_in_batch=num_items_in_batch, micro_batch_rows=micro_batch_rows,
+        micro_batch_tokens=micro_batch_tokens, **grpo_loss_kwargs,
     )
+    if not fused or impl == "full" or needs_whole_micro_batch(config):
+        out = LP.token_logprobs(
+            hidden, lm_head_weight, completion_ids, temperature=temperature,
+            chunk_size=LP.DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, impl=impl,
+            with_entropy=with_entropy, vocab_chunk_size=vocab_chunk_size,
+        )
+        logps, entropies = out if with_entropy else (out, given_entropies)
+        return grpo_loss(
+            logps, old_logps, ref_logps, advantages, mask, config,
+            sampling_logps=sampling_logps, entropies=entropies, **loss_kw,
+        )
+
+    # Every row slice is normalised as a part of the whole batch (or of the caller's micro-batch).
+    slice_kw = dict(loss_kw, micro_batch_rows=hidden.shape[0] if micro_batch_rows is None else micro_batch_rows,
+                    micro_batch_tokens=mask.sum() if micro_batch_tokens is None else micro_batch_tokens)
+
+    def rows_of(x: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+        return None if x is None else x[rows]
+
+    def slice_loss(rows: slice, logps: torch.Tensor, entropies: torch.Tensor | None) -> torch.Tensor:
+        if entropies is None:
+            entropies = rows_of(given_entropies, rows)
+        loss, _ = grpo_loss(
+            logps, rows_of(old_logps, rows), rows_of(ref_logps, rows), advantages[rows], mask[rows], config,
+            sampling_logps=rows_of(sampling_logps, rows), entropies=entropies, **slice_kw,
+        )
+        return loss
+
+    loss, logps, entropies = LP.fused_linear_loss(
+        hidden, lm_head_weight, completion_ids, slice_loss, temperature=temperature,
+        chunk_size=LP.DEFAULT_FUSED_CHUNK_SIZE if chunk_size is None else chunk_size,
+        vocab_chunk_size=vocab_chunk_size, impl=impl, with_entropy=with_entropy,
+    )
+    with torch.no_grad():
+        _, metrics = grpo_loss(
+            logps, old_logps, ref_logps, advantages, mask, config, sampling_logps=sampling_logps,
+            entropies=entropies if with_entropy else given_entropies, **loss_kw,
+        )
+    return loss, metrics
