@@ -103,6 +103,24 @@ def full_logprobs(
     return logps, entropy
 
 
+_MM_OUT_DTYPE = True  # torch has a GEMM with an fp32 output for 16-bit CUDA operands; cleared on failure
+
+
+def _mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` in the accumulation dtype of ``a`` (fp32 for 16-bit operands): on CUDA one GEMM
+    with an fp32 output (the accumulator itself, unrounded) where torch supports it."""
+    global _MM_OUT_DTYPE
+    acc = _acc_dtype(a.dtype)
+    if a.dtype == acc:
+        return a @ b
+    if a.is_cuda and _MM_OUT_DTYPE:
+        try:
+            return torch.mm(a, b, out_dtype=acc)
+        except Exception:  # this torch has no fp32-output GEMM for these operands
+            _MM_OUT_DTYPE = False
+    return (a @ b).to(acc)
+
+
 # --- chunked torch forward / backward pieces ----------------------------------------------------
 
 
@@ -147,7 +165,7 @@ def _torch_forward(h, w, y, inv_t, chunk_size, vocab_chunk_size, with_entropy):
         stats = _RunningStats(n1 - n0, h.device, acc, with_entropy)
         for v0 in range(0, v, vocab_chunk_size):
             v1 = min(v0 + vocab_chunk_size, v)
-            z = (hc @ w[v0:v1].t()).to(acc)  # [C, Vc]
+            z = _mm_acc(hc, w[v0:v1].t())  # [C, Vc]
             if inv_t != 1.0:
                 z.mul_(inv_t)
             stats.update(z, yc, v0)
@@ -174,7 +192,7 @@ def _torch_dlogits_(z, yc, lse_c, coef_c, inv_t, v_offset, out_dtype):
 
 def _torch_dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset):
     """D = coef * (onehot(y) - softmax) for one [C, Vc] tile, in hc's dtype."""
-    return _torch_dlogits_((hc @ wc.t()).to(_acc_dtype(hc.dtype)), yc, lse_c, coef_c, inv_t, v_offset, hc.dtype)
+    return _torch_dlogits_(_mm_acc(hc, wc.t()), yc, lse_c, coef_c, inv_t, v_offset, hc.dtype)
 
 
 def _triton_dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset, mode="fused"):
@@ -384,24 +402,6 @@ DEFAULT_FUSED_CHUNK_SIZE = 1024  # tokens whose full-vocabulary logits are held 
 #: ``loss_fn(rows, logps, entropies) -> loss``: the loss of rows ``rows`` (a slice of the batch)
 #: from their ``[rows, T]`` logprobs (and detached entropies, or None).
 RowLoss = Callable[[slice, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-
-_MM_OUT_DTYPE = True  # torch has a GEMM with an fp32 output for 16-bit CUDA operands; cleared on failure
-
-
-def _mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` in the accumulation dtype of ``a`` (fp32 for 16-bit operands): on CUDA one GEMM
-    with an fp32 output (the accumulator itself, unrounded) where torch supports it."""
-    global _MM_OUT_DTYPE
-    acc = _acc_dtype(a.dtype)
-    if a.dtype == acc:
-        return a @ b
-    if a.is_cuda and _MM_OUT_DTYPE:
-        try:
-            return torch.mm(a, b, out_dtype=acc)
-        except Exception:  # this torch has no fp32-output GEMM for these operands
-            _MM_OUT_DTYPE = False
-    return (a @ b).to(acc)
-
 
 def _held_row_stats(impl, z, y, inv_t, vocab_chunk_size, with_entropy):
     """(logsumexp, target logit, entropy or None) of held raw logits ``z`` ``[C, V]``."""
