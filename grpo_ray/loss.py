@@ -297,9 +297,15 @@ def chunked_grpo_loss(
             sampling_logps=sampling_logps, entropies=entropies, **loss_kw,
         )
 
-    # Every row slice is normalised as a part of the whole batch (or of the caller's micro-batch).
-    slice_kw = dict(loss_kw, micro_batch_rows=hidden.shape[0] if micro_batch_rows is None else micro_batch_rows,
-                    micro_batch_tokens=mask.sum() if micro_batch_tokens is None else micro_batch_tokens)
+    # Every row slice is normalised as a part of the whole batch (or of the caller's micro-batch):
+    # each normaliser that grpo_loss would take from its own inputs is taken from the whole batch.
+    tokens = mask.sum()
+    slice_kw = dict(
+        loss_kw,
+        num_items_in_batch=tokens if num_items_in_batch is None else num_items_in_batch,
+        micro_batch_rows=hidden.shape[0] if micro_batch_rows is None else micro_batch_rows,
+        micro_batch_tokens=tokens if micro_batch_tokens is None else micro_batch_tokens,
+    )
 
     def rows_of(x: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
         return None if x is None else x[rows]

@@ -49,14 +49,15 @@ PATHS = {
 }
 
 
-def run_both(config, *, weight_grad=True, use_old=True, use_sampling=True, impl="torch", extra=None, path="fused-2rows"):
+def run_both(config, *, weight_grad=True, use_old=True, use_sampling=True, impl="torch", extra=None, path="fused-2rows",
+             num_items=70.0):
     hidden, weight, ids, mask, adv, old, ref, sampling = inputs(weight_grad=weight_grad)
     extra = extra or {}
     kw = dict(
         old_logps=old if use_old else None,
         ref_logps=ref if config.beta else None,
         sampling_logps=sampling if use_sampling else None,
-        num_items_in_batch=70.0 if config.loss_type == "dapo" else None,
+        num_items_in_batch=num_items if config.loss_type == "dapo" else None,
     )
     loss, metrics = chunked_grpo_loss(
         hidden, weight, ids, mask, adv, config, temperature=TEMP, vocab_chunk_size=16,
@@ -128,6 +129,15 @@ def test_full_impl_and_scaling_kwargs_are_forwarded(loss_type, path):
     assert_same(got, want)
     plain, _ = run_both(config, impl="torch", path=path)
     assert not torch.allclose(got[0], plain[0])  # the kwargs changed the loss
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_default_normalisers_count_the_whole_batch_not_a_row_chunk(loss_type, path):
+    """No num_items_in_batch and no micro-batch keywords: each normaliser is the whole batch's."""
+    config = GRPOConfig(loss_type=loss_type, importance_sampling_level="sequence", max_completion_length=T)
+    got, want = run_both(config, path=path, num_items=None)
+    assert_same(got, want)
 
 
 @pytest.mark.parametrize("path", PATHS)
