@@ -24,6 +24,11 @@ H100 (BENCHMARKS.md) the cuBLAS backward beats the fused one by 3-6% end to end
 2% end to end at 16384 tokens and the fused one is 9% faster at 4096, hence the defaults. Choose with :func:`set_modes` or the environment
 variables ``GRPO_RAY_TRITON_FWD_MODE`` / ``GRPO_RAY_TRITON_BWD_MODE``.
 
+The fused loss (``grpo_ray.logprobs.fused_linear_loss``) holds a chunk's fp32 logits over the
+whole vocabulary (one cuBLAS GEMM) and runs two passes over them here:
+:func:`row_stats_from_logits` (logsumexp, target logit, entropy; one read) and, per vocabulary
+slice, :func:`dlogits_from_logits` (``D``; one read, one 16-bit write).
+
 The references these are tested against are ``grpo_ray.logprobs`` with ``impl="torch"`` and
 ``impl="full"`` (plain logits) and float64; see ``tests/kernels/test_logprobs_triton.py``.
 

@@ -325,24 +325,16 @@ ref, ref_ent = full_logprobs(x.double(), w.double(), y, 0.7, with_entropy=True)
 ref = ref.view(b, t)
 ref_loss = (ref * c.double()).sum() + 0.1 * (ref.sum(-1) ** 2).sum()
 rx, rw = torch.autograd.grad(ref_loss, [x, w])
-for mode in ("fused", "cublas"):
-    K.set_modes(mode, mode)
-    for chunk in (20, 7):  # 2 rows per held chunk (3 chunks); 7 < t: every row in two passes
-        loss, lp, ent = _FusedLinearLoss.apply(x, w, y, fn, b, t, 1 / 0.7, chunk, 64, "triton", True)
-        gx, gw = torch.autograd.grad(loss, [x, w])
-        assert abs(loss.item() - ref_loss.item()) < 1e-3 * max(1.0, abs(ref_loss.item()))
-        assert (lp.view(b, t).double() - ref).abs().max() < 1e-4 and (ent.double() - ref_ent).abs().max() < 1e-4
-        scale = max(rx.abs().max().item(), rw.abs().max().item())
-        assert (gx.double() - rx).abs().max() < 1e-4 * scale and (gw.double() - rw).abs().max() < 1e-4 * scale
-# The held-logits passes alone.
-z = x.detach() @ w.detach().t()
-lse5, tgt5, ent5 = K.row_stats_from_logits(z, y, 1 / 0.7, True)
-lse6, tgt6, ent6 = _torch_forward(x.detach().double(), w.detach().double(), y, 1 / 0.7, 16, 64, True)
-assert (lse5 - lse6).abs().max() < 1e-4 and (tgt5 - tgt6).abs().max() < 1e-4 and (ent5 - ent6).abs().max() < 1e-4
-coef = torch.randn(50)
-d5 = K.dlogits_from_logits(z[:, 64:214], y, lse5, coef, 1 / 0.7, 64, torch.float32)
-d6 = _torch_dlogits(x.detach().double(), w.detach()[64:214].double(), y, lse6, coef.double(), 1 / 0.7, 64)
-assert (d5.double() - d6).abs().max() < 1e-5
+# chunk 20: 2 rows per held chunk (3 chunks), vocabulary slices of 64 (offsets 0..256); chunk 7 < t:
+# every row in two passes (the kernels above, "cublas" mode: the cheaper one to interpret).
+K.set_modes("cublas", "cublas")
+for chunk in (20, 7):
+    loss, lp, ent = _FusedLinearLoss.apply(x, w, y, fn, b, t, 1 / 0.7, chunk, 64, "triton", True)
+    gx, gw = torch.autograd.grad(loss, [x, w])
+    assert abs(loss.item() - ref_loss.item()) < 1e-3 * max(1.0, abs(ref_loss.item()))
+    assert (lp.view(b, t).double() - ref).abs().max() < 1e-4 and (ent.double() - ref_ent).abs().max() < 1e-4
+    scale = max(rx.abs().max().item(), rw.abs().max().item())
+    assert (gx.double() - rx).abs().max() < 1e-4 * scale and (gw.double() - rw).abs().max() < 1e-4 * scale
 print("ok")
 """
 
