@@ -313,14 +313,15 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sweep-configs", action="store_true", help="time Triton tile configs first and use the best")
     ap.add_argument("--sweep-t", action="store_true", help="memory/time over T at B=8, H=4096")
-    ap.add_argument("--sweep-chunks", action="store_true", help="triton and fusedloss at the large shape over chunk sizes")
+    ap.add_argument("--sweep-chunks", action="store_true",
+                    help="triton and fusedloss at the large shape over chunk sizes")
     ap.add_argument("--lora", action="store_true", help="also the frozen-head (LoRA) case at the large shape")
     ap.add_argument("--pad", action="store_true", help="also random completion lengths (~half padding)")
     ap.add_argument("--breakdown", action="store_true", help="time the forward alone (no_grad) per variant")
     ap.add_argument("--skip-liger", action="store_true")
     ap.add_argument("--impls", default=None,
-                    help="comma list replacing the default rows (full, torch, triton*, fusedloss, fusedloss-torch, liger, "
-                         "liger+tf32; "
+                    help="comma list replacing the default rows (full, torch, triton*, fusedloss, fusedloss-torch, "
+                         "liger, liger+tf32; "
                          "also liger-compiled = Liger's default compiled=True)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -403,7 +403,8 @@ def token_logprobs(
 
 # --- the loss with its gradient formed in the forward pass ----------------------------------------
 
-DEFAULT_FUSED_CHUNK_SIZE = 1024  # tokens whose full-vocabulary logits are held at once (ModelConfig.fused_loss_chunk_size)
+#: Tokens whose full-vocabulary logits are held at once (ModelConfig.fused_loss_chunk_size).
+DEFAULT_FUSED_CHUNK_SIZE = 1024
 
 #: ``loss_fn(rows, logps, entropies) -> loss``: the loss of rows ``rows`` (a slice of the batch)
 #: from their ``[rows, T]`` logprobs (and detached entropies, or None).

@@ -21,7 +21,8 @@ def test_fused_loss_learner_steps_like_the_plain_one(checkpoint, tmp_path, lora,
     sections = dict(lora={"enabled": lora}, generation={"temperature": 0.7}, grpo={"beta": 0.04, "loss_type": "grpo"})
     plain = Learner(tiny_config(checkpoint, tmp_path, **sections))
     # 6-token completions, 12-token chunks: two completions per chunk, four chunks per micro-step.
-    fused = Learner(tiny_config(checkpoint, tmp_path, model={"fused_loss": True, "fused_loss_chunk_size": 12}, **sections))
+    fused_model = {"fused_loss": True, "fused_loss_chunk_size": 12}
+    fused = Learner(tiny_config(checkpoint, tmp_path, model=fused_model, **sections))
     worker = RolloutWorker(plain.config)
     worker.update_weights(*reversed(plain.weights()))
     batch = worker.generate(["1+2=", "33+4=", "5+", "ab"], num_generations=4, seed=0)

@@ -147,7 +147,8 @@ def test_row_slices_with_micro_batch_normalisers_sum_to_the_whole(loss_type, pat
     tokens, sum to the micro-batch's loss (value and gradients)."""
     config = GRPOConfig(loss_type=loss_type, importance_sampling_level="sequence", max_completion_length=T)
     hidden, weight, ids, mask, adv, old, _, _ = inputs()
-    kw = dict(temperature=TEMP, vocab_chunk_size=16, impl="torch", num_items_in_batch=70.0, **PATHS[path])  # dapo's is global
+    # (dapo's num_items_in_batch is global already)
+    kw = dict(temperature=TEMP, vocab_chunk_size=16, impl="torch", num_items_in_batch=70.0, **PATHS[path])
     whole, _ = chunked_grpo_loss(hidden, weight, ids, mask, adv, config, old_logps=old, **kw)
     want = torch.autograd.grad(whole, [hidden, weight])
     parts = sum(
