@@ -195,8 +195,9 @@ class Learner:
 
     # -- logprobs --------------------------------------------------------------------------------
 
-    def _logps(self, model: Any, batch: RolloutBatch, with_entropy: bool = False) -> Any:
-        """``model``: a :class:`CompletionLogprobs` (or the backend's wrapper of one)."""
+    def _logps(self, model: Any, batch: RolloutBatch, with_entropy: bool = False, loss_inputs: Any = None) -> Any:
+        """``model``: a :class:`CompletionLogprobs` (or the backend's wrapper of one); with
+        ``loss_inputs``, the fused loss ``(loss, metrics)`` instead of logprobs."""
         m = self.config.model
         return model(
             batch.prompt_ids,
@@ -205,8 +206,9 @@ class Learner:
             batch.completion_mask,
             temperature=self.config.generation.temperature,
             impl=m.logprob_impl,
-            chunk_size=m.logprob_chunk_size,
+            chunk_size=m.logprob_chunk_size if loss_inputs is None else m.fused_loss_chunk_size,
             with_entropy=with_entropy,
+            **({} if loss_inputs is None else {"loss_inputs": loss_inputs}),
         )
 
     @torch.no_grad()
@@ -262,23 +264,26 @@ class Learner:
             rows = [position[r] for r in step.rows[self.rank]]
             part = batch.select(rows)
             t = part.completion_ids.shape[1]
-            logps, entropy = self._logps(self.backend.model, part, with_entropy=True)
             idx = torch.as_tensor(rows)
-            on = lambda x: None if x is None else x.to(logps.device)  # noqa: E731
-            loss, metrics = grpo_loss(
-                logps,
-                on(None if old is None else old[idx, :t]),
-                on(None if ref is None else ref[idx, :t]),
-                on(part.advantages),
-                on(mask[idx, :t]),
-                c.grpo,
+            on = lambda x: None if x is None else x.to(self._device())  # noqa: E731
+            inputs = dict(
+                old_logps=on(None if old is None else old[idx, :t]),
+                ref_logps=on(None if ref is None else ref[idx, :t]),
+                advantages=on(part.advantages),
+                mask=on(mask[idx, :t]),
+                config=c.grpo,
                 num_items_in_batch=num_items,
                 sampling_logps=on(part.sampling_logps),
-                entropies=entropy,
                 gradient_accumulation_steps=gas,
                 steps_per_generation=spg,
                 num_processes=c.batch.num_processes,
             )
+            if c.model.fused_loss:  # the gradient to the hidden states is formed in this forward
+                inputs["loss_mask"] = inputs.pop("mask")
+                loss, metrics = self._logps(self.backend.model, part, with_entropy=True, loss_inputs=inputs)
+            else:
+                logps, entropy = self._logps(self.backend.model, part, with_entropy=True)
+                loss, metrics = grpo_loss(logps, entropies=entropy, **inputs)
             self.backend.backward(loss, boundary=step.optimizer_step)
             window.setdefault("loss", []).append(loss.item())
             for k, v in metrics.items():

@@ -1,4 +1,4 @@
-"""GRPO loss from hidden states: forward+backward time, peak memory and TFLOPS, four ways.
+"""GRPO loss from hidden states: forward+backward time, peak memory and TFLOPS, several ways.
 
     python benchmarks/loss_bench.py [--sweep-configs] [--sweep-t] [--out results.json]
 
@@ -7,8 +7,14 @@ old logprobs, temperature 1, bf16 hidden states and LM head, all tokens unmasked
 
 * naive:  full [B, T, V] logits, log_softmax, gather, then grpo_loss
           (``chunked_grpo_loss(impl="full")``).
-* torch:  ``chunked_grpo_loss(impl="torch")`` (chunked torch, cuBLAS + unfused elementwise).
-* triton: ``chunked_grpo_loss(impl="triton")`` (fused Triton kernels + cuBLAS gradient GEMMs).
+* torch:  ``chunked_grpo_loss(impl="torch", fused=False)`` (logprobs chunked over tokens and
+          vocabulary, backward recomputing the logits; cuBLAS + unfused elementwise).
+* triton: ``chunked_grpo_loss(impl="triton", fused=False)`` (the same with fused Triton
+          kernels + cuBLAS gradient GEMMs); triton-fused / triton-cublas: its kernel modes.
+* fusedloss: ``chunked_grpo_loss(impl="triton", fused=True)``: the gradient formed in the
+          forward pass per chunk of whole rows (``fused_linear_loss``: one cuBLAS GEMM to the
+          chunk's fp32 logits, Triton row passes for logsumexp and D, cuBLAS gradient GEMMs);
+          fusedloss-torch: the same with torch elementwise ops.
 * liger:  ``LigerFusedLinearGRPOLoss`` (liger-kernel, loss_type dapo, beta 0,
           use_ref_model False, compiled False: only its small loss math is compiled by default).
 
@@ -17,7 +23,8 @@ Memory: ``max_memory_allocated`` during one forward+backward minus what was allo
 it (the inputs), so it includes the gradients returned (grad_W alone is V*H*2 bytes).
 FLOPs (N = B*T): "model" = 6*N*H*V with a trainable head (fwd logits 2NHV, grad_hidden 2NHV,
 grad_W 2NHV; 4*N*H*V frozen), the same count for every implementation; "executed" adds the
-logits recompute in backward (2NHV) for the chunked implementations (ours and Liger's).
+logits recompute in backward (2NHV) for the implementations that recompute (torch, triton*
+and Liger's); naive and fusedloss* execute the model count.
 """
 
 from __future__ import annotations
@@ -81,8 +88,8 @@ def make_fn(impl, inp, config, **kw):
             return loss, torch.autograd.grad(loss, params)
     else:
         modes = TRITON_MODES.get(impl)
-        if modes:
-            impl = "triton"
+        fused = impl in FUSED_LOSS
+        impl = FUSED_LOSS.get(impl, "triton" if modes else impl)
 
         def fn():
             if modes:
@@ -91,7 +98,7 @@ def make_fn(impl, inp, config, **kw):
                 K.set_modes(*modes)
             loss, _ = chunked_grpo_loss(
                 inp["hidden"], inp["weight"], inp["ids"], inp["mask"], inp["adv"], config,
-                old_logps=inp["old"], impl=impl, **kw,
+                old_logps=inp["old"], impl=impl, fused=fused, **kw,
             )
             return loss, torch.autograd.grad(loss, params)
     return fn
@@ -104,6 +111,10 @@ TRITON_MODES = {
     "triton-fused": ("fused", "fused"),
     "triton-cublas": ("cublas", "cublas"),
 }
+# The gradient-in-forward loss (chunked_grpo_loss(fused=True)): label -> impl.
+FUSED_LOSS = {"fusedloss": "triton", "fusedloss-torch": "torch"}
+# Rows that execute exactly the model's FLOPs (no logits recompute).
+NO_RECOMPUTE = ("full", *FUSED_LOSS)
 
 
 def measure(fn, warmup, reps):
@@ -135,7 +146,7 @@ def measure(fn, warmup, reps):
 def flops(b, t, h, v, weight_grad):
     n = b * t
     model = (6 if weight_grad else 4) * n * h * v
-    return model, model + 2 * n * h * v  # executed by chunked impls (logits recomputed)
+    return model, model + 2 * n * h * v  # executed by the impls that recompute the logits in backward
 
 
 def run_case(name, b, t, h, v, impls, warmup, reps, weight_grad=True, check=True, kw_by_impl=None, pad=False):
@@ -159,7 +170,7 @@ def run_case(name, b, t, h, v, impls, warmup, reps, weight_grad=True, check=True
             continue
         finally:
             torch.backends.cuda.matmul.allow_tf32 = False
-        ex = model_fl if label == "full" else exec_fl
+        ex = model_fl if label in NO_RECOMPUTE else exec_fl
         row = dict(
             case=name, impl=label, b=b, t=t, h=h, v=v, weight_grad=weight_grad, kw=str(kw),
             ms=med, ms_all=[round(x, 3) for x in times], peak_gib=peak / 2**30,
@@ -302,13 +313,15 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sweep-configs", action="store_true", help="time Triton tile configs first and use the best")
     ap.add_argument("--sweep-t", action="store_true", help="memory/time over T at B=8, H=4096")
-    ap.add_argument("--sweep-chunks", action="store_true", help="triton at the large shape over chunk sizes")
+    ap.add_argument("--sweep-chunks", action="store_true",
+                    help="triton and fusedloss at the large shape over chunk sizes")
     ap.add_argument("--lora", action="store_true", help="also the frozen-head (LoRA) case at the large shape")
     ap.add_argument("--pad", action="store_true", help="also random completion lengths (~half padding)")
     ap.add_argument("--breakdown", action="store_true", help="time the forward alone (no_grad) per variant")
     ap.add_argument("--skip-liger", action="store_true")
     ap.add_argument("--impls", default=None,
-                    help="comma list replacing the default rows (full, torch, triton*, liger, liger+tf32; "
+                    help="comma list replacing the default rows (full, torch, triton*, fusedloss, fusedloss-torch, "
+                         "liger, liger+tf32; "
                          "also liger-compiled = Liger's default compiled=True)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -360,7 +373,7 @@ def main():
     print("kernel default modes:", (K.FWD_MODE, K.BWD_MODE), "configs:", K.get_config("fwd", torch.bfloat16),
           K.get_config("bwd", torch.bfloat16), flush=True)
     assert (K.FWD_MODE, K.BWD_MODE) == TRITON_MODES["triton"]
-    impls = ["full", "torch"] + triton_impls + ([] if args.skip_liger else ["liger", "liger+tf32"])
+    impls = ["full", "torch"] + triton_impls + list(FUSED_LOSS) + ([] if args.skip_liger else ["liger", "liger+tf32"])
     if args.impls:
         impls = args.impls.split(",")
     rows = result["rows"]
@@ -374,16 +387,21 @@ def main():
     if args.breakdown:
         result["forward_only"] = forward_only(16, 1024, 4096, 151936)
     if args.pad:
-        rows += run_case("large-pad", 16, 1024, 4096, 151936, ["full", "triton"], 1, 3, pad=True)
+        rows += run_case("large-pad", 16, 1024, 4096, 151936, ["full", "triton", "fusedloss"], 1, 3, pad=True)
     if args.sweep_chunks:
         for c, vc in [(8192, 8192), (16384, 8192), (16384, 16384)]:
             kw = dict(chunk_size=c, vocab_chunk_size=vc)
             rows += run_case(f"chunks-{c}-{vc}", 16, 1024, 4096, 151936, ["triton"], 1, 3,
                              check=False, kw_by_impl={"triton": kw})
+        # fusedloss: tokens of whole rows held at full vocabulary x the slice width of D
+        for c, vc in [(1024, 32768), (2048, 8192), (2048, 32768)]:
+            kw = dict(chunk_size=c, vocab_chunk_size=vc)
+            rows += run_case(f"fused-chunks-{c}-{vc}", 16, 1024, 4096, 151936, ["fusedloss"], 1, 3,
+                             check=False, kw_by_impl={"fusedloss": kw})
     if args.sweep_t:
         for t in (256, 512, 1024, 2048, 4096):
             rows += run_case(f"sweep-T{t}", 8, t, 4096, 151936,
-                             ["full", "torch", "triton"] + ([] if args.skip_liger else ["liger"]),
+                             ["full", "torch", "triton", "fusedloss"] + ([] if args.skip_liger else ["liger"]),
                              1, 3, check=False)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -381,11 +381,25 @@ class ModelConfig:
         "In colocate mode with rollout.backend=vllm, vLLM quantizes them once and the learner computes "
         "on those same packed weights (one 4-bit copy).",
     )
+    fused_loss: bool = knob(
+        False,
+        "Train with the fused GRPO loss: the gradient to the hidden states (and to the LM head, when it trains) "
+        "is formed in the forward pass, chunk by chunk of whole completions, so the logits are never "
+        "recomputed (6NHV FLOPs instead of 8NHV; 4NHV instead of 6NHV with a frozen head). Same loss, "
+        "gradients and metrics. Ignored with logprob_impl=full.",
+    )
+    fused_loss_chunk_size: int = knob(
+        1024,
+        "Tokens per chunk of the fused loss, rounded down to whole completions (at least one): their "
+        "full-vocabulary fp32 logits are held at once (tokens x vocabulary x 4 bytes; 0.58 GiB at 1024 "
+        "tokens and a 151,936-token vocabulary). A completion longer than this is done alone in two passes.",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _check_choice("model", "logprob_impl", self.logprob_impl, ("auto", "torch", "triton", "full"))
         _check_int("model", "logprob_chunk_size", self.logprob_chunk_size, 1)
+        _check_int("model", "fused_loss_chunk_size", self.fused_loss_chunk_size, 1)
 
 
 @dataclass(frozen=True)

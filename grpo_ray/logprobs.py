@@ -33,6 +33,12 @@ it is a metric, not part of the loss.
 The backward is first-order only (no double backward). Under ``torch.no_grad()`` (reference
 and old-policy logprobs) nothing is saved for backward.
 
+Training with a loss of the logprobs: :func:`fused_linear_loss` takes the loss as a closure
+over chunks of whole rows and forms the gradients to ``hidden`` and ``weight`` in its forward
+pass, from each chunk's logits held once over the whole vocabulary: executed FLOPs 6NHV with a
+trainable head (4NHV frozen) against 8NHV (6NHV) for ``token_logprobs`` then the loss, whose
+backward recomputes the logits. See its docstring.
+
 Chunk sizes: ``chunk_size`` tokens x ``vocab_chunk_size`` entries bound the logits chunk.
 When all the tokens with a gradient fit in one token chunk, each ``grad_W`` slice is written
 by one GEMM; otherwise an fp32 ``[Vc, H]`` accumulator is added per token chunk (extra
@@ -43,6 +49,7 @@ for the default 4096 x 8192, for 1.2 GiB more peak memory (BENCHMARKS.md).
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -102,7 +109,53 @@ def full_logprobs(
     return logps, entropy
 
 
+_MM_OUT_DTYPE = True  # torch has a GEMM with an fp32 output for 16-bit CUDA operands; cleared on failure
+
+
+def _mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` in the accumulation dtype of ``a`` (fp32 for 16-bit operands): on CUDA one GEMM
+    with an fp32 output (the accumulator itself, unrounded) where torch supports it."""
+    global _MM_OUT_DTYPE
+    acc = _acc_dtype(a.dtype)
+    if a.dtype == acc:
+        return a @ b
+    if a.is_cuda and _MM_OUT_DTYPE:
+        try:
+            return torch.mm(a, b, out_dtype=acc)
+        except Exception:  # this torch has no fp32-output GEMM for these operands
+            _MM_OUT_DTYPE = False
+    return (a @ b).to(acc)
+
+
 # --- chunked torch forward / backward pieces ----------------------------------------------------
+
+
+class _RunningStats:
+    """Per-token running logsumexp, target logit and (for the entropy) ``E_softmax[z]`` over
+    vocabulary slices of tempered logits, in torch."""
+
+    def __init__(self, n: int, device: torch.device, dtype: torch.dtype, with_entropy: bool):
+        self.lse = torch.full((n,), float("-inf"), device=device, dtype=dtype)
+        self.tgt = torch.zeros((n,), device=device, dtype=dtype)
+        self.ez = torch.zeros((n,), device=device, dtype=dtype) if with_entropy else None
+
+    def update(self, z: torch.Tensor, y: torch.Tensor, v_offset: int) -> None:
+        """Fold in ``z`` ``[C, Vc]``: tempered logits of vocabulary entries ``v_offset ...``."""
+        vc = z.shape[1]
+        rel = y - v_offset
+        inside = (rel >= 0) & (rel < vc)
+        picked = z.gather(1, rel.clamp(0, vc - 1).unsqueeze(1)).squeeze(1)
+        self.tgt += torch.where(inside, picked, torch.zeros_like(picked))
+        lse_c = torch.logsumexp(z, dim=-1)
+        new_lse = torch.logaddexp(self.lse, lse_c)
+        if self.ez is not None:
+            ez_c = (torch.softmax(z, dim=-1) * z).sum(-1)
+            self.ez = self.ez * torch.exp(self.lse - new_lse) + ez_c * torch.exp(lse_c - new_lse)
+        self.lse = new_lse
+
+    def result(self):
+        """(logsumexp, target logit, entropy or None)."""
+        return self.lse, self.tgt, None if self.ez is None else self.lse - self.ez
 
 
 def _torch_forward(h, w, y, inv_t, chunk_size, vocab_chunk_size, with_entropy):
@@ -115,44 +168,37 @@ def _torch_forward(h, w, y, inv_t, chunk_size, vocab_chunk_size, with_entropy):
     for n0 in range(0, n, chunk_size):
         n1 = min(n0 + chunk_size, n)
         hc, yc = h[n0:n1], y[n0:n1]
-        run_lse = torch.full((n1 - n0,), float("-inf"), device=h.device, dtype=acc)
-        run_tgt = torch.zeros((n1 - n0,), device=h.device, dtype=acc)
-        run_ez = torch.zeros((n1 - n0,), device=h.device, dtype=acc) if with_entropy else None
+        stats = _RunningStats(n1 - n0, h.device, acc, with_entropy)
         for v0 in range(0, v, vocab_chunk_size):
             v1 = min(v0 + vocab_chunk_size, v)
-            z = (hc @ w[v0:v1].t()).to(acc)  # [C, Vc]
+            z = _mm_acc(hc, w[v0:v1].t())  # [C, Vc]
             if inv_t != 1.0:
                 z.mul_(inv_t)
-            rel = yc - v0
-            inside = (rel >= 0) & (rel < v1 - v0)
-            picked = z.gather(1, rel.clamp(0, v1 - v0 - 1).unsqueeze(1)).squeeze(1)
-            run_tgt += torch.where(inside, picked, torch.zeros_like(picked))
-            lse_c = torch.logsumexp(z, dim=-1)
-            new_lse = torch.logaddexp(run_lse, lse_c)
-            if with_entropy:
-                ez_c = (torch.softmax(z, dim=-1) * z).sum(-1)
-                run_ez = run_ez * torch.exp(run_lse - new_lse) + ez_c * torch.exp(lse_c - new_lse)
-            run_lse = new_lse
+            stats.update(z, yc, v0)
             del z
-        lse[n0:n1] = run_lse
-        tgt[n0:n1] = run_tgt
+        lse[n0:n1], tgt[n0:n1], ent_c = stats.result()
         if with_entropy:
-            ent[n0:n1] = run_lse - run_ez
+            ent[n0:n1] = ent_c
     return lse, tgt, ent
+
+
+def _torch_dlogits_(z, yc, lse_c, coef_c, inv_t, v_offset, out_dtype):
+    """D = coef * (onehot(y) - softmax) from raw logits ``z`` ``[C, Vc]`` (acc dtype), computed
+    in place in ``z`` (which is spent), returned in ``out_dtype``."""
+    acc = z.dtype
+    if inv_t != 1.0:
+        z.mul_(inv_t)
+    z.sub_(lse_c.to(acc).unsqueeze(1)).exp_().mul_(-coef_c.to(acc).unsqueeze(1))
+    vc = z.shape[1]
+    rel = yc - v_offset
+    inside = ((rel >= 0) & (rel < vc)).to(acc)
+    z.scatter_add_(1, rel.clamp(0, vc - 1).unsqueeze(1), (coef_c.to(acc) * inside).unsqueeze(1))
+    return z.to(out_dtype)
 
 
 def _torch_dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset):
     """D = coef * (onehot(y) - softmax) for one [C, Vc] tile, in hc's dtype."""
-    acc = _acc_dtype(hc.dtype)
-    d = (hc @ wc.t()).to(acc)
-    if inv_t != 1.0:
-        d.mul_(inv_t)
-    d.sub_(lse_c.to(acc).unsqueeze(1)).exp_().mul_(-coef_c.to(acc).unsqueeze(1))
-    vc = wc.shape[0]
-    rel = yc - v_offset
-    inside = ((rel >= 0) & (rel < vc)).to(acc)
-    d.scatter_add_(1, rel.clamp(0, vc - 1).unsqueeze(1), (coef_c.to(acc) * inside).unsqueeze(1))
-    return d.to(hc.dtype)
+    return _torch_dlogits_(_mm_acc(hc, wc.t()), yc, lse_c, coef_c, inv_t, v_offset, hc.dtype)
 
 
 def _triton_dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset, mode="fused"):
@@ -190,12 +236,15 @@ def _acc_mm_(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     c += (a @ b).to(c.dtype)
 
 
-def _backward(h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk_size, dlogits_fn):
-    """grad_hidden [N, H] and grad_W [V, H] (None where not needed) from coef = g / tau."""
+def _backward(h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk_size, dlogits_fn, grad_w=None):
+    """grad_hidden [N, H] and grad_W [V, H] (None where not needed) from coef = g / tau.
+    ``grad_w``: a [V, H] tensor to add grad_W into (returned), instead of a new one."""
     n, hdim = h.shape
     v = w.shape[0]
     acc = _acc_dtype(h.dtype)
-    grad_w = torch.zeros_like(w) if need_w else None
+    add = grad_w is not None
+    if need_w and grad_w is None:
+        grad_w = torch.zeros_like(w)
     # Skip tokens whose upstream gradient is exactly zero (masked padding).
     active = (coef != 0).nonzero().squeeze(1)
     n_act = int(active.numel())
@@ -210,7 +259,9 @@ def _backward(h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk
     for v0 in range(0, v, vocab_chunk_size):
         v1 = min(v0 + vocab_chunk_size, v)
         wc = w[v0:v1]
-        gw_acc = None if single or not need_w else torch.zeros((v1 - v0, hdim), device=w.device, dtype=acc)
+        gw_acc = None
+        if need_w and not single:
+            gw_acc = grad_w[v0:v1].to(acc) if add else torch.zeros((v1 - v0, hdim), device=w.device, dtype=acc)
         for n0 in range(0, n_act, chunk_size):
             n1 = min(n0 + chunk_size, n_act)
             hc = h_a[n0:n1]
@@ -218,7 +269,9 @@ def _backward(h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk
             if need_h:
                 _acc_mm_(grad_h[n0:n1], d, wc)
             if need_w:
-                if single:
+                if single and add:
+                    grad_w[v0:v1].addmm_(d.t(), hc)
+                elif single:
                     torch.mm(d.t(), hc, out=grad_w[v0:v1])
                 else:
                     _acc_mm_(gw_acc, d.t(), hc)
@@ -346,3 +399,250 @@ def token_logprobs(
     if not with_entropy:
         return logps
     return logps, ent.reshape(lead)
+
+
+# --- the loss with its gradient formed in the forward pass ----------------------------------------
+
+#: Tokens whose full-vocabulary logits are held at once (ModelConfig.fused_loss_chunk_size).
+DEFAULT_FUSED_CHUNK_SIZE = 1024
+
+#: ``loss_fn(rows, logps, entropies) -> loss``: the loss of rows ``rows`` (a slice of the batch)
+#: from their ``[rows, T]`` logprobs (and detached entropies, or None).
+RowLoss = Callable[[slice, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+def _held_row_stats(impl, z, y, inv_t, vocab_chunk_size, with_entropy):
+    """(logsumexp, target logit, entropy or None) of held raw logits ``z`` ``[C, V]``."""
+    if impl == "triton":
+        from kernels import logprobs_triton as K
+
+        return K.row_stats_from_logits(z, y, inv_t, with_entropy)
+    stats = _RunningStats(z.shape[0], z.device, z.dtype, with_entropy)
+    for v0 in range(0, z.shape[1], vocab_chunk_size):
+        zc = z[:, v0 : v0 + vocab_chunk_size]
+        stats.update(zc * inv_t if inv_t != 1.0 else zc, y, v0)
+    return stats.result()
+
+
+def _held_grads(impl, z, h, w, y, lse, coef, inv_t, need_h, need_w, vocab_chunk_size, grad_w):
+    """grad_hidden ``[C, H]`` of one chunk (None if not needed) and grad_W with the chunk's part
+    added (a new tensor when ``grad_w`` is None), from its held raw logits ``z`` ``[C, V]``, which
+    this spends: per vocabulary slice, ``D = coef * (onehot - softmax)`` is formed in ``h``'s
+    dtype, ``grad_h += D @ W_c`` (fp32 accumulator), ``grad_W_c (+)= D.T @ h``."""
+    c, v = z.shape
+    first = grad_w is None
+    if need_w and first:
+        grad_w = torch.empty_like(w)
+    grad_h = torch.zeros((c, h.shape[1]), device=h.device, dtype=z.dtype) if need_h else None
+    if impl == "triton":
+        from kernels import logprobs_triton as K
+
+        y = y.to(torch.int32)  # once, not per slice
+    for v0 in range(0, v, vocab_chunk_size):
+        v1 = min(v0 + vocab_chunk_size, v)
+        if impl == "triton":
+            d = K.dlogits_from_logits(z[:, v0:v1], y, lse, coef, inv_t, v0, h.dtype)
+        else:
+            d = _torch_dlogits_(z[:, v0:v1], y, lse, coef, inv_t, v0, h.dtype)
+        wc = w[v0:v1]
+        if need_h:
+            _acc_mm_(grad_h, d, wc)
+        if need_w:
+            # Accumulated in W's dtype: one rounding per chunk (an fp32 [V, H] buffer would double
+            # the gradient's memory); a 16-bit GEMM with beta = 1 adds in fp32 before rounding.
+            if first:
+                torch.mm(d.t(), h, out=grad_w[v0:v1])
+            else:
+                grad_w[v0:v1].addmm_(d.t(), h)
+        del d
+    return (None if grad_h is None else grad_h.to(h.dtype)), grad_w
+
+
+def _row_loss_and_grad(loss_fn, rows, logps, entropies, need_grad):
+    """The closure's loss on one row chunk (detached) and its gradient to ``logps`` (or None)."""
+    with torch.enable_grad():
+        x = logps.detach().requires_grad_(need_grad)
+        loss = loss_fn(rows, x, entropies)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ValueError(f"loss_fn must return a 0-dim tensor, got {type(loss).__name__} "
+                             f"{tuple(getattr(loss, 'shape', ()))}")
+        grad = None
+        if need_grad:
+            if loss.requires_grad:
+                (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+            if grad is None:  # the loss does not depend on these logprobs
+                grad = torch.zeros_like(x)
+    return loss.detach(), grad
+
+
+def _fused_forward(h, w, y, loss_fn, b, t, inv_t, chunk_size, vocab_chunk_size, impl, with_entropy, need_h, need_w):
+    """The chunk loop of :func:`fused_linear_loss`: (loss, logps [N], entropies [N] or None,
+    grad_hidden [N, H] or None, grad_W [V, H] or None)."""
+    n = h.shape[0]
+    acc = _acc_dtype(h.dtype)
+    logps = torch.empty(n, device=h.device, dtype=acc)
+    ent = torch.empty(n, device=h.device, dtype=acc) if with_entropy else None
+    grad_h = torch.empty_like(h) if need_h else None
+    grad_w = None
+    loss = torch.zeros((), device=h.device, dtype=acc)
+    held = t <= chunk_size  # whole rows' full-vocabulary logits fit in one chunk: formed once
+    rows_per_chunk = max(1, chunk_size // t) if t else max(b, 1)
+    if not held and impl == "triton":
+        from kernels.logprobs_triton import BWD_MODE
+
+        dlogits_fn = functools.partial(_triton_dlogits, mode=BWD_MODE)
+    else:
+        dlogits_fn = _torch_dlogits
+    for r0 in range(0, b, rows_per_chunk):
+        r1 = min(b, r0 + rows_per_chunk)
+        n0, n1 = r0 * t, r1 * t
+        hc, yc = h[n0:n1], y[n0:n1]
+        z = None
+        if held:
+            z = _mm_acc(hc, w.t())  # [C, V] raw logits, fp32 (fp64 for fp64 inputs)
+            lse, tgt, ent_c = _held_row_stats(impl, z, yc, inv_t, vocab_chunk_size, with_entropy)
+        else:  # a row longer than the chunk: logprobs first, then the gradient with the logits recomputed
+            lse, tgt, ent_c = _forward(impl, hc, w, yc, inv_t, chunk_size, vocab_chunk_size, with_entropy)
+        lp = tgt - lse
+        logps[n0:n1] = lp
+        if ent is not None:
+            ent[n0:n1] = ent_c
+        ent_rows = None if ent_c is None else ent_c.view(r1 - r0, t)
+        loss_c, g = _row_loss_and_grad(loss_fn, slice(r0, r1), lp.view(r1 - r0, t), ent_rows, need_h or need_w)
+        loss += loss_c
+        if g is None:
+            continue
+        coef = g.reshape(-1).to(acc) * inv_t
+        if held:
+            gh, grad_w = _held_grads(impl, z, hc, w, yc, lse, coef, inv_t, need_h, need_w, vocab_chunk_size, grad_w)
+        else:
+            gh, grad_w = _backward(
+                hc, w, yc, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk_size, dlogits_fn, grad_w=grad_w
+            )
+        if need_h:
+            grad_h[n0:n1] = gh
+        del z, gh
+    if need_w and grad_w is None:  # no rows
+        grad_w = torch.zeros_like(w)
+    return loss, logps, ent, grad_h, grad_w
+
+
+class _FusedLinearLoss(torch.autograd.Function):
+    """The loss and both input gradients in forward; backward hands the stored gradients out."""
+
+    @staticmethod
+    def forward(ctx, h, w, y, loss_fn, b, t, inv_t, chunk_size, vocab_chunk_size, impl, with_entropy):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        loss, logps, ent, grad_h, grad_w = _fused_forward(
+            h, w, y, loss_fn, b, t, inv_t, chunk_size, vocab_chunk_size, impl, with_entropy, need_h, need_w
+        )
+        ctx.grads = (grad_h, grad_w)
+        ctx.mark_non_differentiable(*(x for x in (logps, ent) if x is not None))
+        return loss, logps, ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, grad_logps, grad_ent):
+        if ctx.grads is None:
+            raise RuntimeError(
+                "fused_linear_loss computed its gradients in the forward pass and handed them out in the "
+                "first backward through it: a second backward (retain_graph=True) is not supported"
+            )
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None  # the returned tensors are then the only references: autograd keeps them, no copy
+        if grad_loss is None:
+            return (None,) * 11
+        # Scaled in place on the device (no host sync to test for grad_loss == 1).
+        for g in (grad_h, grad_w):
+            if g is not None:
+                g.mul_(grad_loss.to(g.dtype))
+        return (grad_h, grad_w) + (None,) * 9
+
+
+def fused_linear_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    token_ids: torch.Tensor,
+    loss_fn: RowLoss,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_FUSED_CHUNK_SIZE,
+    vocab_chunk_size: int = DEFAULT_VOCAB_CHUNK_SIZE,
+    impl: str = "auto",
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A loss of the token logprobs straight from the hidden states, its gradient formed in forward.
+
+    ``loss_fn(rows, logps, entropies)`` is the loss of rows ``rows`` (a slice of the batch)
+    from their ``[rows, T]`` logprobs under ``softmax(hidden @ weight.T / temperature)``; the
+    returned loss is the sum of ``loss_fn`` over row chunks, so ``loss_fn`` must be additive over
+    rows (normalisers of the whole batch passed in, not computed from its arguments) and depend
+    on the batch only through the rows it is given. Rows are never split: ``loss_fn`` always sees
+    all of a row's tokens (sequence-level ratios and per-sequence normalisers work).
+
+    Per chunk of ``max(1, chunk_size // T)`` rows: the chunk's raw logits over the whole
+    vocabulary are formed once (one GEMM, fp32), then their logsumexp, target logit and entropy;
+    ``loss_fn`` runs on the chunk's logprobs with autograd on that small tensor, giving
+    ``g = dL/dlogp``; then, per vocabulary slice of the held logits,
+    ``D = g / tau * (onehot(y) - softmax)``, ``grad_hidden += D @ W_c`` and (if ``weight``
+    requires grad) ``grad_W_c += D.T @ h``. Executed FLOPs 6NHV with a trainable head, 4NHV
+    frozen: the logits are never recomputed. Backward multiplies the stored gradients by the
+    upstream gradient of the loss (in place) and hands them on, once.
+
+    A row longer than ``chunk_size`` is handled alone in two passes (its logprobs chunked over
+    tokens and vocabulary as in :func:`token_logprobs`, then the gradient with the logits
+    recomputed: 8NHV for such rows).
+
+    Args:
+        hidden: ``[B, T, H]``, one row per sequence.
+        weight: ``[V, H]`` the LM head; its gradient is formed only when it requires grad.
+        token_ids: ``[B, T]``.
+        loss_fn: see above. Its other inputs (old logprobs, advantages, mask...) are constants:
+            gradients reach ``hidden`` and ``weight`` through the logprobs only.
+        temperature: the logits are divided by it.
+        chunk_size: tokens per chunk whose ``[C, V]`` fp32 logits are held (``C x V x 4``
+            bytes); rounded down to whole rows.
+        vocab_chunk_size: vocabulary entries per slice of ``D`` (and of the two-pass rows).
+        impl: 'auto', 'torch' or 'triton' (CUDA: cuBLAS GEMMs, the softmax passes in Triton).
+        with_entropy: also compute per-token entropies (detached; passed to ``loss_fn``).
+
+    Returns:
+        ``(loss, logps, entropies)``: the summed loss (0-dim, differentiable to ``hidden`` and
+        ``weight``), detached ``[B, T]`` logprobs and entropies (None without ``with_entropy``),
+        fp32 (fp64 for fp64 inputs). Under ``torch.no_grad()`` nothing is stored.
+
+    Precision: grad_W accumulates over row chunks in W's dtype (16-bit: one rounding per chunk,
+    the chunk's GEMM itself accumulating in fp32); everything else as :func:`token_logprobs`.
+    """
+    if hidden.dim() != 3 or token_ids.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"hidden must be [B, T, H] and token_ids [B, T]; got {tuple(hidden.shape)} and {tuple(token_ids.shape)}"
+        )
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must be [V, H={hidden.shape[-1]}], got {tuple(weight.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1 or vocab_chunk_size < 1:
+        raise ValueError("chunk_size and vocab_chunk_size must be >= 1")
+    if weight.dtype != hidden.dtype:
+        weight = weight.to(hidden.dtype)
+    impl = resolve_impl(impl, hidden.device, hidden.dtype)
+    if impl == "full":
+        raise ValueError("fused_linear_loss has no 'full' impl: the reference is token_logprobs(impl='full') "
+                         "followed by the loss")
+    b, t, hdim = hidden.shape
+    h = hidden.reshape(b * t, hdim)
+    if h.stride(-1) != 1:
+        h = h.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    y = token_ids.reshape(-1)
+    v = weight.shape[0]
+    if y.numel() and (bool((y < 0).any()) or bool((y >= v).any())):
+        raise ValueError(f"token_ids must lie in [0, {v})")
+    args = (loss_fn, b, t, 1.0 / float(temperature), chunk_size, vocab_chunk_size, impl, with_entropy)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        loss, logps, ent = _FusedLinearLoss.apply(h, weight, y, *args)
+    else:
+        with torch.no_grad():
+            loss, logps, ent, _, _ = _fused_forward(h, weight, y, *args, False, False)
+    return loss, logps.view(b, t), None if ent is None else ent.view(b, t)

@@ -258,46 +258,98 @@ def chunked_grpo_loss(
     sampling_logps: torch.Tensor | None = None,
     temperature: float = 1.0,
     num_items_in_batch: torch.Tensor | float | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
     impl: str = "auto",
     with_entropy: bool = False,
     vocab_chunk_size: int = 8192,
+    fused: bool = True,
+    micro_batch_rows: int | None = None,
+    micro_batch_tokens: torch.Tensor | float | None = None,
     **grpo_loss_kwargs,
 ) -> tuple[torch.Tensor, Metrics]:
     """:func:`grpo_loss` straight from the final hidden states, never forming ``[B, T, V]`` logits.
 
-    The per-token logprobs come from :func:`grpo_ray.logprobs.token_logprobs` (chunked over
-    tokens and the vocabulary; backward recomputes each chunk), then the very same
-    :func:`grpo_loss` runs on them, so the loss math exists once.
+    Two ways, the same loss math (:func:`grpo_loss` itself) in both:
+
+    * ``fused=True`` (the default): :func:`grpo_ray.logprobs.fused_linear_loss`. Per chunk of
+      whole rows, the logits are formed once, ``grpo_loss`` runs on that row slice (with the
+      micro-batch's normalisers, so the slices' losses sum to the loss) and the gradients to
+      ``hidden`` and the head are formed right there: 6NHV executed FLOPs with a trainable
+      head, 4NHV frozen. The metrics come from one more ``grpo_loss`` on the whole batch's
+      detached logprobs (elementwise work on ``[B, T]``), so they are exactly the plain path's.
+    * ``fused=False``, ``impl='full'``, or a loss that needs the whole micro-batch
+      (:func:`needs_whole_micro_batch`): :func:`grpo_ray.logprobs.token_logprobs` (its backward
+      recomputes each logits chunk: 8NHV), then ``grpo_loss``.
 
     Args:
         hidden: ``[B, T, H]`` final hidden states at the positions that predict the completion
-            tokens (what the LM head would be applied to).
+            tokens (what the LM head would be applied to), one row per completion.
         lm_head_weight: ``[V, H]``; gets a gradient when it requires grad (full fine-tuning),
             none when frozen (LoRA).
         completion_ids: ``[B, T]`` the completion tokens.
-        mask, advantages, config, old_logps, ref_logps, sampling_logps, num_items_in_batch: as
-            in :func:`grpo_loss`.
+        mask, advantages, config, old_logps, ref_logps, sampling_logps, num_items_in_batch,
+            micro_batch_rows, micro_batch_tokens: as in :func:`grpo_loss`.
         temperature: the sampling temperature the logits are divided by.
-        chunk_size: tokens per chunk (``ModelConfig.logprob_chunk_size``).
+        chunk_size: tokens per chunk; None: 1024 fused (``ModelConfig.fused_loss_chunk_size``:
+            whole rows whose full-vocabulary fp32 logits are held, ``C x V x 4`` bytes), 4096
+            otherwise (``ModelConfig.logprob_chunk_size``, with ``vocab_chunk_size``).
         impl: 'auto', 'torch', 'triton' or 'full' (``ModelConfig.logprob_impl``).
         with_entropy: also compute per-token entropies and report them as ``metrics['entropy']``
             (otherwise an ``entropies`` keyword, if given, is passed through as in grpo_loss).
         vocab_chunk_size: vocabulary entries per chunk.
+        fused: the gradient-in-forward path (above).
         **grpo_loss_kwargs: passed on to :func:`grpo_loss` (``gradient_accumulation_steps``,
             ``steps_per_generation``, ``num_processes``).
     """
-    from grpo_ray.logprobs import token_logprobs  # local: keeps `import grpo_ray.loss` light
+    from grpo_ray import logprobs as LP  # local: keeps `import grpo_ray.loss` light
 
-    out = token_logprobs(
-        hidden, lm_head_weight, completion_ids,
-        temperature=temperature, chunk_size=chunk_size, impl=impl, with_entropy=with_entropy,
-        vocab_chunk_size=vocab_chunk_size,
-    )
     given_entropies = grpo_loss_kwargs.pop("entropies", None)
-    logps, entropies = out if with_entropy else (out, given_entropies)
-    return grpo_loss(
-        logps, old_logps, ref_logps, advantages, mask, config,
-        num_items_in_batch=num_items_in_batch, sampling_logps=sampling_logps, entropies=entropies,
-        **grpo_loss_kwargs,
+    loss_kw = dict(
+        num_items_in_batch=num_items_in_batch, micro_batch_rows=micro_batch_rows,
+        micro_batch_tokens=micro_batch_tokens, **grpo_loss_kwargs,
     )
+    if not fused or impl == "full" or needs_whole_micro_batch(config):
+        out = LP.token_logprobs(
+            hidden, lm_head_weight, completion_ids, temperature=temperature,
+            chunk_size=LP.DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size, impl=impl,
+            with_entropy=with_entropy, vocab_chunk_size=vocab_chunk_size,
+        )
+        logps, entropies = out if with_entropy else (out, given_entropies)
+        return grpo_loss(
+            logps, old_logps, ref_logps, advantages, mask, config,
+            sampling_logps=sampling_logps, entropies=entropies, **loss_kw,
+        )
+
+    # Every row slice is normalised as a part of the whole batch (or of the caller's micro-batch):
+    # each normaliser that grpo_loss would take from its own inputs is taken from the whole batch.
+    tokens = mask.sum()
+    slice_kw = dict(
+        loss_kw,
+        num_items_in_batch=tokens if num_items_in_batch is None else num_items_in_batch,
+        micro_batch_rows=hidden.shape[0] if micro_batch_rows is None else micro_batch_rows,
+        micro_batch_tokens=tokens if micro_batch_tokens is None else micro_batch_tokens,
+    )
+
+    def rows_of(x: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+        return None if x is None else x[rows]
+
+    def slice_loss(rows: slice, logps: torch.Tensor, entropies: torch.Tensor | None) -> torch.Tensor:
+        if entropies is None:
+            entropies = rows_of(given_entropies, rows)
+        loss, _ = grpo_loss(
+            logps, rows_of(old_logps, rows), rows_of(ref_logps, rows), advantages[rows], mask[rows], config,
+            sampling_logps=rows_of(sampling_logps, rows), entropies=entropies, **slice_kw,
+        )
+        return loss
+
+    loss, logps, entropies = LP.fused_linear_loss(
+        hidden, lm_head_weight, completion_ids, slice_loss, temperature=temperature,
+        chunk_size=LP.DEFAULT_FUSED_CHUNK_SIZE if chunk_size is None else chunk_size,
+        vocab_chunk_size=vocab_chunk_size, impl=impl, with_entropy=with_entropy,
+    )
+    with torch.no_grad():
+        _, metrics = grpo_loss(
+            logps, old_logps, ref_logps, advantages, mask, config, sampling_logps=sampling_logps,
+            entropies=entropies if with_entropy else given_entropies, **loss_kw,
+        )
+    return loss, metrics

@@ -3,7 +3,8 @@
 Shared by the learner and the HF rollout engine so both see the same model the same way.
 The logprobs never go through the model's ``[B, T, V]`` logits: the decoder's hidden states at
 completion positions meet the LM head in :func:`grpo_ray.logprobs.token_logprobs`, chunk by
-chunk.
+chunk; or, for training, in the fused GRPO loss (:func:`completion_grpo_loss`), which forms
+their gradient in the same pass.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from grpo_ray.config import LoraConfig, ModelConfig
+from grpo_ray.config import GRPOConfig, LoraConfig, ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -193,6 +194,32 @@ def sequence_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def completion_hidden(
+    policy: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(hidden, head_weight, completion_ids)``: the decoder's final hidden state before each
+    completion token ``[B, T, H]``, the LM head's ``[V, H]`` weight and ``completion_ids`` on its
+    device. The decoder runs once over ``[B, P + T]`` (prompts left-padded)."""
+    lm = causal_lm(policy)
+    weight = lm.get_output_embeddings().weight
+    device = weight.device
+    completion_ids = completion_ids.to(device)
+    input_ids = torch.cat([prompt_ids.to(device), completion_ids], dim=1)  # [B, P+T]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).to(device)  # [B, P+T]
+    hidden = lm.get_decoder()(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=sequence_positions(attention_mask),
+        use_cache=False,
+    ).last_hidden_state  # [B, P+T, H]
+    p, t = prompt_ids.shape[1], completion_ids.shape[1]
+    return hidden[:, p - 1 : p + t - 1], weight, completion_ids  # the state that predicts each completion token
+
+
 def completion_logprobs(
     policy: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -213,32 +240,57 @@ def completion_logprobs(
     """
     from grpo_ray.logprobs import token_logprobs
 
-    lm = causal_lm(policy)
-    device = lm.get_output_embeddings().weight.device
-    completion_ids = completion_ids.to(device)
-    input_ids = torch.cat([prompt_ids.to(device), completion_ids], dim=1)  # [B, P+T]
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).to(device)  # [B, P+T]
-    hidden = lm.get_decoder()(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=sequence_positions(attention_mask),
-        use_cache=False,
-    ).last_hidden_state  # [B, P+T, H]
-    p, t = prompt_ids.shape[1], completion_ids.shape[1]
-    hidden = hidden[:, p - 1 : p + t - 1]  # [B, T, H]: the state that predicts each completion token
+    hidden, weight, completion_ids = completion_hidden(policy, prompt_ids, prompt_mask, completion_ids, completion_mask)
     return token_logprobs(
-        hidden,
-        lm.get_output_embeddings().weight,
-        completion_ids,
-        temperature=temperature,
-        chunk_size=chunk_size,
-        impl=impl,
-        with_entropy=with_entropy,
+        hidden, weight, completion_ids,
+        temperature=temperature, chunk_size=chunk_size, impl=impl, with_entropy=with_entropy,
+    )
+
+
+def completion_grpo_loss(
+    policy: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    advantages: torch.Tensor,
+    loss_mask: torch.Tensor,
+    config: GRPOConfig,
+    temperature: float,
+    impl: str = "auto",
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+    **loss_kwargs: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(loss, metrics)`` of :func:`grpo_ray.loss.grpo_loss` on ``policy``'s logprobs of the
+    completions, in one call: the decoder runs as in :func:`completion_logprobs`, and its hidden
+    states go to the fused :func:`grpo_ray.loss.chunked_grpo_loss`, which forms the gradient to
+    them (and to the LM head, when it trains) in this forward pass, chunk by chunk of whole
+    completions, never holding ``[B, T, V]`` logits nor recomputing them in backward. Same value,
+    gradients and metrics as ``grpo_loss(completion_logprobs(...), ...)``.
+
+    advantages ``[B]``; loss_mask ``[B, T]`` the tokens that train (grpo_loss's ``mask``);
+    chunk_size: tokens (whole completions) per chunk, ``ModelConfig.fused_loss_chunk_size``;
+    ``loss_kwargs``: grpo_loss's other inputs (``old_logps``, ``ref_logps``, ``sampling_logps``,
+    ``num_items_in_batch``, the scaling and micro-batch keywords); tensors are moved to the
+    model's device.
+    """
+    from grpo_ray.loss import chunked_grpo_loss
+
+    hidden, weight, completion_ids = completion_hidden(policy, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    on = lambda x: x.to(hidden.device) if isinstance(x, torch.Tensor) else x  # noqa: E731
+    return chunked_grpo_loss(
+        hidden, weight, completion_ids, on(loss_mask), on(advantages), config,
+        temperature=temperature, impl=impl, chunk_size=chunk_size, with_entropy=with_entropy, fused=True,
+        **{k: on(v) for k, v in loss_kwargs.items()},
     )
 
 
 class CompletionLogprobs(torch.nn.Module):
-    """:func:`completion_logprobs` of ``policy`` as one module (same arguments, less ``policy``).
+    """:func:`completion_logprobs` of ``policy`` as one module (same arguments, less ``policy``);
+    given ``loss_inputs`` (the keyword arguments of :func:`completion_grpo_loss` beyond those),
+    :func:`completion_grpo_loss` instead: ``(loss, metrics)``.
 
     The learner runs every forward through it, and a train backend wraps it whole: ZeRO-3 gathers
     a sharded weight around the forward of the module that reads it, and the LM head's weight is
@@ -249,7 +301,9 @@ class CompletionLogprobs(torch.nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, loss_inputs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        if loss_inputs is not None:
+            return completion_grpo_loss(self.policy, *args, **loss_inputs, **kwargs)
         return completion_logprobs(self.policy, *args, **kwargs)
 
 

@@ -24,6 +24,11 @@ H100 (BENCHMARKS.md) the cuBLAS backward beats the fused one by 3-6% end to end
 2% end to end at 16384 tokens and the fused one is 9% faster at 4096, hence the defaults. Choose with :func:`set_modes` or the environment
 variables ``GRPO_RAY_TRITON_FWD_MODE`` / ``GRPO_RAY_TRITON_BWD_MODE``.
 
+The fused loss (``grpo_ray.logprobs.fused_linear_loss``) holds a chunk's fp32 logits over the
+whole vocabulary (one cuBLAS GEMM) and runs two passes over them here:
+:func:`row_stats_from_logits` (logsumexp, target logit, entropy; one read) and, per vocabulary
+slice, :func:`dlogits_from_logits` (``D``; one read, one 16-bit write).
+
 The references these are tested against are ``grpo_ray.logprobs`` with ``impl="torch"`` and
 ``impl="full"`` (plain logits) and float64; see ``tests/kernels/test_logprobs_triton.py``.
 
@@ -416,25 +421,82 @@ def lse_forward_cublas(
     y_all = token_ids.to(torch.int32).contiguous()
     for n0 in range(0, n, chunk_size):
         n1 = min(n0 + chunk_size, n)
-        c = n1 - n0
-        m = torch.full((c,), float("-inf"), **f32)
-        l = torch.zeros(c, **f32)  # noqa: E741
-        t = torch.zeros(c, **f32)
-        e = torch.zeros(c, **f32) if with_entropy else m
-        y = y_all[n0:n1]
+        state = _RowState(n1 - n0, hidden.device, with_entropy)
         for v0 in range(0, v, vocab_chunk_size):
             v1 = min(v0 + vocab_chunk_size, v)
             z = _logits_f32(hidden[n0:n1], weight[v0:v1])  # [C, Vc] fp32
-            _lse_update_kernel[(c,)](
-                z, y, m, l, t, e, v1 - v0, z.stride(0), v0, float(inv_temperature),
-                WITH_ENTROPY=with_entropy, BLOCK_V=_block_v(v1 - v0), num_warps=8,
-            )
+            state.update(z, y_all[n0:n1], v0, inv_temperature)
             del z
-        lse[n0:n1] = m + torch.log(l)
-        target[n0:n1] = t
+        lse[n0:n1], target[n0:n1], ent = state.result()
         if with_entropy:
-            entropy[n0:n1] = lse[n0:n1] - e / l
+            entropy[n0:n1] = ent
     return lse, target, entropy
+
+
+class _RowState:
+    """Per-token running max ``m``, sum ``l = sum exp(z - m)``, target logit ``t`` and (for the
+    entropy) ``e = sum exp(z - m) * z`` over the vocabulary slices seen so far (fp32 ``[C]``)."""
+
+    def __init__(self, c: int, device: torch.device, with_entropy: bool):
+        f32 = dict(device=device, dtype=torch.float32)
+        self.m = torch.full((c,), float("-inf"), **f32)
+        self.l = torch.zeros(c, **f32)  # noqa: E741
+        self.t = torch.zeros(c, **f32)
+        self.e = torch.zeros(c, **f32) if with_entropy else self.m
+        self.with_entropy = with_entropy
+
+    def update(self, z: torch.Tensor, token_ids_i32: torch.Tensor, v_offset: int, inv_temperature: float) -> None:
+        """Fold in ``z`` ``[C, Vc]``: raw logits of vocabulary entries ``v_offset ...`` (any row
+        stride, unit column stride)."""
+        c, vc = z.shape
+        if c == 0 or vc == 0:
+            return
+        _lse_update_kernel[(c,)](
+            z, token_ids_i32, self.m, self.l, self.t, self.e, vc, z.stride(0), v_offset, float(inv_temperature),
+            WITH_ENTROPY=self.with_entropy, BLOCK_V=_block_v(vc), num_warps=8,
+        )
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        lse = self.m + torch.log(self.l)
+        return lse, self.t, (lse - self.e / self.l) if self.with_entropy else None
+
+
+def row_stats_from_logits(
+    logits: torch.Tensor, token_ids: torch.Tensor, inv_temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-token ``logsumexp(z)``, ``z[y]`` and (optionally) entropy, fp32 ``[C]``, of held raw
+    logits ``[C, V]`` (fp32, unit column stride), ``z = logits * inv_temperature``: one pass."""
+    if logits.stride(-1) != 1:
+        raise ValueError("logits must be contiguous in their last dimension")
+    state = _RowState(logits.shape[0], logits.device, with_entropy)
+    state.update(logits, token_ids.to(torch.int32).contiguous(), 0, inv_temperature)
+    return state.result()
+
+
+def dlogits_from_logits(
+    logits: torch.Tensor,
+    token_ids: torch.Tensor,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    inv_temperature: float,
+    v_offset: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """:func:`dlogits` from held raw logits ``[C, Vc]`` (fp32; a column slice of a wider chunk is
+    fine: any row stride, unit column stride) of vocabulary entries ``v_offset ...``; one pass,
+    returns ``[C, Vc]`` in ``out_dtype``."""
+    if logits.stride(-1) != 1:
+        raise ValueError("logits must be contiguous in their last dimension")
+    c, vc = logits.shape
+    out = torch.empty((c, vc), device=logits.device, dtype=out_dtype)
+    if c == 0 or vc == 0:
+        return out
+    _dlogits_from_logits_kernel[(c,)](
+        logits, token_ids.to(torch.int32).contiguous(), lse.to(torch.float32).contiguous(),
+        coef.to(torch.float32).contiguous(), out, vc, logits.stride(0), out.stride(0), int(v_offset),
+        float(inv_temperature), BLOCK_V=_block_v(vc), num_warps=8,
+    )
+    return out
 
 
 def dlogits_cublas(
@@ -448,14 +510,5 @@ def dlogits_cublas(
 ) -> torch.Tensor:
     """Same output as :func:`dlogits`, from an fp32 cuBLAS logits chunk."""
     _check(hidden, weight_chunk)
-    n, vc = hidden.shape[0], weight_chunk.shape[0]
-    out = torch.empty((n, vc), device=hidden.device, dtype=hidden.dtype)
-    if n == 0 or vc == 0:
-        return out
     z = _logits_f32(hidden, weight_chunk)
-    _dlogits_from_logits_kernel[(n,)](
-        z, token_ids.to(torch.int32).contiguous(), lse.to(torch.float32).contiguous(),
-        coef.to(torch.float32).contiguous(), out, vc, z.stride(0), out.stride(0), int(v_offset),
-        float(inv_temperature), BLOCK_V=_block_v(vc), num_warps=8,
-    )
-    return out
+    return dlogits_from_logits(z, token_ids, lse, coef, inv_temperature, v_offset, hidden.dtype)

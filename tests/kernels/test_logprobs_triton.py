@@ -7,9 +7,10 @@ Reference: float64 on the GPU from the same (upcast) inputs. Tolerances, and why
 * fp32 inputs: Triton dots run in exact fp32 ("ieee"), torch matmuls in fp32 (TF32 off):
   logprobs within 1e-4 absolute, gradients within 1e-5 relative norm.
 * bf16 inputs: Triton keeps the fp32 GEMM accumulator as the logit, so its logprobs stay
-  within 2e-3 absolute of float64; the torch and full paths round each raw logit to bf16
-  first (up to |z| * 2^-9 / temperature, |z| up to ~12 here, in the target logit and in the
-  logsumexp), so theirs are within 1e-1. Gradients: D = dL/dlogits is
+  within 2e-3 absolute of float64; so does the torch path where torch has an fp32-output
+  GEMM (``torch.mm(..., out_dtype=torch.float32)``), else it rounds each raw logit to bf16
+  first, as the full path always does (up to |z| * 2^-9 / temperature, |z| up to ~12 here, in
+  the target logit and in the logsumexp): within 1e-1. Gradients: D = dL/dlogits is
   rounded to bf16 in every path (as autograd does for a bf16 matmul) and the outputs are
   bf16, so 2e-2 relative norm (METHOD.md: bf16 operands land between 1e-3 and 1e-2).
 
@@ -198,6 +199,76 @@ def test_peak_memory_is_a_fraction_of_the_logits(impl, triton_mode):
     assert extra < grads_bytes + logits_fp32 / 4  # beyond the gradients: < 1/4 of the fp32 logits
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("weight_grad", [True, False])
+@pytest.mark.parametrize("loss_type,level", [("grpo", "token"), ("dapo", "sequence"), ("bnpo", "token"),
+                                             ("dr_grpo", "sequence")])
+@pytest.mark.parametrize("chunk_size", [600, 250])  # 2 rows of 300 per held chunk; rows longer than the chunk
+def test_fused_chunked_grpo_loss_against_float64(dtype, impl, weight_grad, loss_type, level, chunk_size):
+    """The fused loss (gradient in forward) on the GPU: loss, metrics and gradients against
+    grpo_loss on float64 full-logits logprobs (bf16 grad_W accumulates over 2 row chunks)."""
+    n_b, n_t = 4, 300
+    hidden, weight, ids = make(n_b, n_t, 200, 5003, dtype, seed=2, weight_grad=weight_grad)
+    mask = torch.ones(n_b, n_t, device="cuda")
+    mask[1] = 0
+    mask[2, 150:] = 0
+    adv = torch.tensor([1.0, -0.5, -1.2, 0.7], device="cuda")
+    cfg = GRPOConfig(loss_type=loss_type, importance_sampling_level=level, beta=0.04, max_completion_length=n_t)
+    with torch.no_grad():
+        base = full_logprobs(hidden.double(), weight.double(), ids, 0.7).float()
+        old = base + 0.1 * torch.randn_like(base)
+        ref = base + 0.1 * torch.randn_like(base)
+    kw = dict(old_logps=old, ref_logps=ref, num_items_in_batch=900.0)
+    params = [hidden, weight] if weight_grad else [hidden]
+    loss, metrics = chunked_grpo_loss(hidden, weight, ids, mask, adv, cfg, temperature=0.7, impl=impl, fused=True,
+                                      chunk_size=chunk_size, with_entropy=True, **kw)
+    grads = torch.autograd.grad(loss, params)
+
+    h64 = hidden.detach().double().requires_grad_(True)
+    w64 = weight.detach().double().requires_grad_(weight_grad)
+    lp64, ent64 = full_logprobs(h64, w64, ids, 0.7, with_entropy=True)
+    ref_loss, ref_metrics = grpo_loss(lp64, old.double(), ref.double(), adv.double(), mask.double(), cfg,
+                                      num_items_in_batch=900.0, entropies=ent64)
+    ref_grads = torch.autograd.grad(ref_loss, [h64, w64] if weight_grad else [h64])
+    err_loss = abs(loss.item() - ref_loss.item()) / max(abs(ref_loss.item()), 1e-6)
+    err_g = [rel(a, b) for a, b in zip(grads, ref_grads)]
+    print(f"\nfused {impl} {dtype} {loss_type}/{level} chunk {chunk_size} wgrad={weight_grad}: "
+          f"loss rel {err_loss:.2e} grads {err_g}")
+    _, atol_torch, gtol = TOL[dtype]
+    assert err_loss <= (1e-5 if dtype == torch.float32 else 1e-2)
+    for e in err_g:
+        assert e <= 2 * gtol
+    assert abs(metrics["entropy"].item() - ref_metrics["entropy"].item()) <= atol_torch
+    assert abs(metrics["kl"].item() - ref_metrics["kl"].item()) <= 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_fused_loss_peak_memory_is_one_chunk_of_logits(impl, weight_grad):
+    """Beyond the gradients, the fused loss holds about one chunk's fp32 logits ``[C, V]``."""
+    n_b, n_t, h, v = 4, 2048, 1024, 65536
+    hidden, weight, ids = make(n_b, n_t, h, v, torch.bfloat16, weight_grad=weight_grad)
+    params = [hidden, weight] if weight_grad else [hidden]
+    cfg = GRPOConfig(loss_type="dapo", max_completion_length=n_t)
+    mask, adv = torch.ones(n_b, n_t, device="cuda"), torch.randn(n_b, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss, _ = chunked_grpo_loss(hidden, weight, ids, mask, adv, cfg, impl=impl, fused=True, chunk_size=n_t)
+    grads = torch.autograd.grad(loss, params)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    chunk_logits = n_t * v * 4
+    grads_bytes = sum(g.numel() * 2 for g in grads)
+    print(f"\nfused {impl} wgrad={weight_grad}: peak extra {extra / 2**20:.0f} MiB (grads {grads_bytes / 2**20:.0f} "
+          f"MiB, one chunk's fp32 logits {chunk_logits / 2**20:.0f} MiB)")
+    # torch: the logits chunk, plus per-slice temporaries and (bf16) the D slices; triton: the chunk alone
+    assert extra < grads_bytes + chunk_logits * (1.5 if impl == "torch" else 1.15) + 64 * 2**20
+
+
 # --- CPU: the kernels under Triton's interpreter ------------------------------------------------
 #
 # TRITON_INTERPRET must be set before triton is imported, so the kernels run in a child process
@@ -246,6 +317,27 @@ for mode in ("fused", "cublas"):
     gx, gw = torch.autograd.grad((lp * g).sum(), [x, w])
     assert (lp.double() - ref).abs().max() < 1e-4
     assert (gx.double() - rx).abs().max() < 1e-4 and (gw.double() - rw).abs().max() < 1e-4
+# The fused loss (gradient in forward) with the Triton row passes over held logits, and with rows
+# longer than the chunk (two passes through the kernels above), against float64 autograd.
+from grpo_ray.logprobs import _FusedLinearLoss
+b, t = 5, 10
+y = torch.randint(0, 301, (b * t,))
+c = torch.randn(b, t)
+fn = lambda rows, lp, ent: (lp * c[rows]).sum() + 0.1 * (lp.sum(-1) ** 2).sum()  # sequence-level term
+ref, ref_ent = full_logprobs(x.double(), w.double(), y, 0.7, with_entropy=True)
+ref = ref.view(b, t)
+ref_loss = (ref * c.double()).sum() + 0.1 * (ref.sum(-1) ** 2).sum()
+rx, rw = torch.autograd.grad(ref_loss, [x, w])
+# chunk 20: 2 rows per held chunk (3 chunks), vocabulary slices of 64 (offsets 0..256); chunk 7 < t:
+# every row in two passes (the kernels above, "cublas" mode: the cheaper one to interpret).
+K.set_modes("cublas", "cublas")
+for chunk in (20, 7):
+    loss, lp, ent = _FusedLinearLoss.apply(x, w, y, fn, b, t, 1 / 0.7, chunk, 64, "triton", True)
+    gx, gw = torch.autograd.grad(loss, [x, w])
+    assert abs(loss.item() - ref_loss.item()) < 1e-3 * max(1.0, abs(ref_loss.item()))
+    assert (lp.view(b, t).double() - ref).abs().max() < 1e-4 and (ent.double() - ref_ent).abs().max() < 1e-4
+    scale = max(rx.abs().max().item(), rw.abs().max().item())
+    assert (gx.double() - rx).abs().max() < 1e-4 * scale and (gw.double() - rw).abs().max() < 1e-4 * scale
 print("ok")
 """
 

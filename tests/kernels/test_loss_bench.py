@@ -38,7 +38,7 @@ def bench(monkeypatch):
 
 
 def test_bench_runs_and_implementations_agree(bench):
-    impls = ["full", "torch"]
+    impls = ["full", "torch", "fusedloss-torch"]
     try:
         import liger_kernel.chunked_loss  # noqa: F401
 
@@ -53,6 +53,15 @@ def test_bench_runs_and_implementations_agree(bench):
     for r in rows[1:]:  # rows[0] is the naive ("full") reference the others are compared with
         assert r["loss_rel_vs_naive"] < 2e-2, r  # bf16: logits rounded differently per path
         assert max(r["grad_rel_vs_naive"]) < 3e-2, r
-    frozen = bench.run_case("toy-lora", 2, 24, 32, 300, ["full", "torch"], 1, 1, weight_grad=False)
-    assert len(frozen[1]["grad_rel_vs_naive"]) == 1  # hidden only
+    by = {r["impl"]: r for r in rows}
+    # the fused loss executes the model's FLOPs (no recompute), the other chunked rows 8NHV / 6NHV
+    assert by["fusedloss-torch"]["exec_tflops"] == by["fusedloss-torch"]["model_tflops"]
+    assert by["torch"]["exec_tflops"] == pytest.approx(by["torch"]["model_tflops"] * 8 / 6)
+    frozen = bench.run_case("toy-lora", 2, 24, 32, 300, ["full", "torch", "fusedloss-torch"], 1, 1, weight_grad=False)
+    assert all(len(r["grad_rel_vs_naive"]) == 1 for r in frozen[1:])  # hidden only
+    assert all(max(r["grad_rel_vs_naive"]) < 3e-2 for r in frozen[1:])
     assert bench.flops(2, 3, 4, 5, True) == (6 * 6 * 20, 8 * 6 * 20)
+    # the fused rows' chunk keywords reach chunked_grpo_loss: 24-token rows, 2 rows per chunk
+    swept = bench.run_case("toy-chunks", 4, 24, 32, 300, ["full", "fusedloss-torch"], 1, 1,
+                           kw_by_impl={"fusedloss-torch": dict(chunk_size=48, vocab_chunk_size=128)})
+    assert max(swept[1]["grad_rel_vs_naive"]) < 3e-2
