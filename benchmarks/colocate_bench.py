@@ -13,7 +13,9 @@ Each part runs in its own process (one vLLM engine per process):
   generations x up to 256 new tokens, beta 0, dapo, micro-batch 16 x 32 accumulation steps,
   gradient checkpointing), time per stage and peak memory, then the sync + wake time, and
   GPU memory after step 2 and the last step (a leak shows as growth).
-* single_card: the seeds' one-card case in bf16, Qwen2.5-1.5B shape (NVML peaks, breakdown).
+* single_card: the seeds' one-card case, 16 completions of 768 tokens, LoRA on a bf16 or 4-bit base,
+  Qwen2.5 0.5B to 7B shapes, CUDA graphs (compiled or not) or eager: per-step tokens/s, learner
+  time and NVML peaks per phase, start-up split (vLLM's own figures included), memory breakdown.
 * trl: TRL's GRPOTrainer, ``use_vllm=True, vllm_mode="colocate"``, sleep mode on, the same
   model, LoRA, batch and micro-batch, at ``--trl-util`` GPU memory utilisation.
 
@@ -96,11 +98,16 @@ def part_step(workdir: Path, steps: int, max_num_seqs: int | None) -> dict:
     from actors.colocated_worker import ColocatedWorker
     from grpo_ray.advantages import compute_advantages
 
+    from benchmarks.common import VllmStartupLog
+
     nvml = NvmlPeak()
-    started = time.perf_counter()
     config = our_config(checkpoint(workdir), workdir, lora=True, max_num_seqs=max_num_seqs)
+    vllm_log = VllmStartupLog()  # the checkpoint is made before the clock starts: a user's is on disk already
+    started = time.perf_counter()
     worker = ColocatedWorker(config)
     init_s = time.perf_counter() - started
+    startup = {"engine_init_s": worker.engine.init_s, "learner_init_s": init_s - worker.engine.init_s,
+               "vllm": vllm_log.close()}
     rows = prompts()
     worker.sync_weights()
     records = []
@@ -142,27 +149,33 @@ def part_step(workdir: Path, steps: int, max_num_seqs: int | None) -> dict:
         torch.cuda.synchronize()
         sync_wake.append(time.perf_counter() - t)
         worker.engine.sleep()
-    return {"init_s": init_s, "steps": records, "sync_plus_wake_s": statistics.median(sync_wake),
+    return {"init_s": init_s, "startup": startup, "steps": records, "sync_plus_wake_s": statistics.median(sync_wake),
             "max_num_seqs": worker.engine.sizes["max_num_seqs"],
             "kv_cache_gib": worker.engine.sizes["kv_cache_memory_bytes"] / 2**30}
 
 
-def part_single_card(workdir: Path, steps: int, four_bit: bool, num_prompts: int) -> dict:
-    """The seeds' single-card case: Qwen2.5-1.5B shape, LoRA r16 on a bf16 or 4-bit (NF4) base
-    shared with vLLM, colocate, ``num_prompts`` x 8 generations of 256 prompt + 768 completion
-    tokens, eager vLLM; where the memory goes."""
+def part_single_card(
+    workdir: Path, steps: int, four_bit: bool, num_prompts: int, shape: str, eager: bool, compile_graphs: bool,
+) -> dict:
+    """The seeds' single-card case: a Qwen2.5 shape, LoRA r16 on a bf16 or 4-bit (NF4) base shared
+    with vLLM, colocate, ``num_prompts`` x 8 generations of 256 prompt + 768 completion tokens
+    (random weights rarely sample EOS: completions run to the limit); per step the rollout's
+    tokens/s, the learner's and the sync's time and the NVML peak of each phase; start-up split
+    into the engine (with vLLM's own figures: weights, compile, graph capture and its pool) and
+    the learner built on the engine's tensors; where the memory goes."""
     import dataclasses
 
     import torch
 
     from actors.colocated_worker import ColocatedWorker
+    from benchmarks.common import VllmStartupLog
     from grpo_ray.advantages import compute_advantages
     from grpo_ray.config import BatchConfig
 
     nvml = NvmlPeak()
     torch.empty(1, device="cuda")
     context = nvml.now() - nvml.baseline
-    path = checkpoint(workdir, "qwen2.5-1.5b")
+    path = checkpoint(workdir, shape)  # made before the clock starts: a user's model is on disk already
     base = our_config(path, workdir, lora=True)
     config = dataclasses.replace(
         base,
@@ -170,9 +183,18 @@ def part_single_card(workdir: Path, steps: int, four_bit: bool, num_prompts: int
         # num_prompts x 8 generations (a cycle needs 2 prompts at least), micro-batch 2
         batch=BatchConfig(per_device_train_batch_size=2, gradient_accumulation_steps=4 * num_prompts),
         model=dataclasses.replace(base.model, logprob_chunk_size=1024, load_in_4bit=four_bit),
-        rollout=dataclasses.replace(base.rollout, enforce_eager=True),  # no CUDA-graph pool
+        rollout=dataclasses.replace(base.rollout, enforce_eager=eager, compile=compile_graphs),
     )
+    nvml.take()
+    vllm_log = VllmStartupLog()
+    started = time.perf_counter()
     worker = ColocatedWorker(config)
+    init_s = time.perf_counter() - started
+    startup = {"init_s": init_s, "engine_init_s": worker.engine.init_s,
+               "learner_init_s": init_s - worker.engine.init_s, "vllm": vllm_log.close(),
+               "nvml_peak_init_gib": nvml.take(),
+               # what stays in torch's allocator after start-up: the CUDA-graph pool, vLLM's buffers
+               "torch_reserved_after_init_gib": torch.cuda.memory_reserved() / 2**30}
     engine_weights = sum(p.numel() * p.element_size() for p in worker.engine.model.parameters()) / 2**30
     states = [s for p in worker.engine.model.parameters() for s in getattr(p, "bnb_quant_state", {}).values()]
     quant_stats = sum(s.absmax.numel() * s.absmax.element_size() + s.code.numel() * 4 for s in states) / 2**30
@@ -188,21 +210,34 @@ def part_single_card(workdir: Path, steps: int, four_bit: bool, num_prompts: int
         batch.rewards = torch.tensor(length_reward(batch.completions)).unsqueeze(1)
         batch.advantages = compute_advantages(batch.rewards, GENERATIONS)
         worker.train_generation(batch, cycle=step)
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        learner_nvml = nvml.take()
         worker.sync_weights()
         torch.cuda.synchronize()
-        records.append({"rollout_s": t1 - t0, "learner_and_sync_s": time.perf_counter() - t1,
-                        "completion_tokens": int(batch.completion_mask.sum()),
-                        "nvml_peak_rollout_gib": rollout_nvml, "nvml_peak_learner_gib": nvml.take()})
+        t3 = time.perf_counter()
+        tokens = int(batch.completion_mask.sum())
+        records.append({"step": step + 1, "step_s": t3 - t0, "rollout_s": t1 - t0, "learner_s": t2 - t1,
+                        "sync_s": t3 - t2, "completion_tokens": tokens, "rollout_tok_per_s": tokens / (t1 - t0),
+                        "nvml_peak_rollout_gib": rollout_nvml, "nvml_peak_learner_gib": learner_nvml})
         print(json.dumps(records[-1]), flush=True)
     optimizer = worker.learner.optimizer
     adam = sum(t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t))
     lora = sum(p.numel() * p.element_size() for p in worker.learner.params)
-    return {"four_bit": four_bit, "num_prompts": num_prompts, "completions_per_step": 8 * num_prompts,
+    timed = records[1:] or records  # the first step warms up (allocator, autotuning)
+    return {"shape": shape, "four_bit": four_bit, "eager": eager, "compile": compile_graphs and not eager,
+            "num_prompts": num_prompts, "completions_per_step": 8 * num_prompts, "startup": startup,
             "steps": records, "cuda_context_gib": context, "engine_weights_gib": engine_weights,
             "quantization_statistics_gib": quant_stats,
             "kv_cache_gib": worker.engine.sizes["kv_cache_memory_bytes"] / 2**30,
+            "cudagraph_capture_sizes": None if eager else worker.engine.compilation.get("cudagraph_capture_sizes"),
             "lora_params_plus_grads_plus_adam_gib": (2 * lora + adam) / 2**30,
-            "nvml_peak_gib": max(max(r["nvml_peak_rollout_gib"], r["nvml_peak_learner_gib"]) for r in records)}
+            "median_step_s": statistics.median(r["step_s"] for r in timed),
+            "median_rollout_tok_per_s": statistics.median(r["rollout_tok_per_s"] for r in timed),
+            "median_learner_s": statistics.median(r["learner_s"] for r in timed),
+            "nvml_peak_gib": max(max(r["nvml_peak_rollout_gib"], r["nvml_peak_learner_gib"]) for r in records),
+            "nvml_peak_with_init_gib": max(startup["nvml_peak_init_gib"],
+                                           *(max(r["nvml_peak_rollout_gib"], r["nvml_peak_learner_gib"]) for r in records))}
 
 
 def part_sync_full(workdir: Path) -> dict:
@@ -288,6 +323,11 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=None, help="step: rollout.max_num_seqs (None: the batch)")
     parser.add_argument("--four-bit", action="store_true", help="single_card: a 4-bit (NF4) base")
     parser.add_argument("--prompts", type=int, default=2, help="single_card: prompts per step (x 8 generations)")
+    parser.add_argument("--shape", default="qwen2.5-1.5b", choices=["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b",
+                        "qwen2.5-7b"], help="single_card: the model shape (random weights)")
+    parser.add_argument("--eager", action="store_true", help="single_card: rollout.enforce_eager (no CUDA graphs)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="single_card: rollout.compile=false (full decode graphs, no torch.compile)")
     parser.add_argument("--trl-util", type=float, default=0.35)
     parser.add_argument("--trl-utils", default="0.35,0.08")
     parser.add_argument("--parts", default="rollout,step,sync_full,trl")
@@ -300,7 +340,8 @@ def main() -> None:
             "rollout": lambda: part_rollout(workdir),
             "step": lambda: part_step(workdir, args.steps, args.max_num_seqs),
             "sync_full": lambda: part_sync_full(workdir),
-            "single_card": lambda: part_single_card(workdir, args.steps, args.four_bit, args.prompts),
+            "single_card": lambda: part_single_card(workdir, args.steps, args.four_bit, args.prompts, args.shape,
+                                                    args.eager, not args.no_compile),
             "trl": lambda: part_trl(workdir, args.trl_util, args.trl_steps),
         }[args.part]()
         print("RESULT " + json.dumps(result), flush=True)

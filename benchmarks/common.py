@@ -124,6 +124,47 @@ def our_config(path: Path, workdir: Path, *, lora: bool = True, max_num_seqs: in
     )
 
 
+#: vLLM's own start-up log lines (vLLM 0.25) and the figure each gives, in seconds or GiB.
+VLLM_STARTUP_LINES = {
+    "weights_load_s": r"Model loading took .*? and ([0-9.]+) seconds",
+    "compile_s": r"torch\.compile took ([0-9.]+) s in total",
+    "graph_capture_s": r"Graph capturing finished in ([0-9.]+) secs",
+    "graph_pool_gib": r"Graph capturing finished in [0-9.]+ secs, took (-?[0-9.]+) GiB",
+    "engine_core_init_s": r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+)",
+}
+
+
+class VllmStartupLog:
+    """Reads vLLM's start-up figures (weights load, torch.compile, graph capture and its pool,
+    the engine core's init) from the ``vllm`` logger while it is attached: vLLM reports them
+    only as log lines."""
+
+    def __init__(self) -> None:
+        import logging
+        import re
+
+        self.found: dict[str, float] = {}
+        patterns = {k: re.compile(v) for k, v in VLLM_STARTUP_LINES.items()}
+        found = self.found
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                message = record.getMessage()
+                for key, pattern in patterns.items():
+                    match = pattern.search(message)
+                    if match:
+                        found[key] = float(match.group(1))
+
+        self._handler = Handler(level=logging.INFO)
+        logging.getLogger("vllm").addHandler(self._handler)
+
+    def close(self) -> dict[str, float]:
+        import logging
+
+        logging.getLogger("vllm").removeHandler(self._handler)
+        return dict(self.found)
+
+
 def length_reward(completions: list, **_) -> list[float]:
     """A cheap verifiable-style reward: shorter is better (what both trainers score)."""
     return [-len(c if isinstance(c, str) else c[0]["content"]) / 1000.0 for c in completions]

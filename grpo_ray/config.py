@@ -478,7 +478,9 @@ class RolloutConfig:
         "vllm: tokens of KV cache to allocate; None = sized from the batch (max_num_seqs x "
         "(max_prompt_length + max_completion_length)), not from a share of GPU memory.",
     )
-    enforce_eager: bool = knob(False, "vllm: no CUDA graphs (faster start, slower decoding).")
+    enforce_eager: bool = knob(
+        False, "vllm: no CUDA graphs and no torch.compile (fastest start, slowest decoding: 5-10x on small batches)."
+    )
     sync_backend: str = knob(
         "object_store",
         "How weights reach the rollout workers in distributed mode: object_store (one ray.put, every worker "
@@ -493,10 +495,30 @@ class RolloutConfig:
     resources: tuple[str, ...] = knob(
         (), "Custom Ray resources each rollout worker needs, as 'NAME=AMOUNT' (e.g. a node label 'rollout_node=1')."
     )
+    cudagraph_capture_sizes: tuple[int, ...] | None = knob(
+        None,
+        "vllm: decode batch sizes to capture CUDA graphs for (a batch between two sizes runs padded to the "
+        "larger); None = only what a run can produce: 1, 2, 4, 8, ... and the 1.5x points between them, up to "
+        "and including the engine's max_num_seqs.",
+    )
+    compile: bool = knob(
+        True,
+        "vllm: torch.compile the model (vLLM's Inductor backend) and capture piecewise and full CUDA graphs; "
+        "false = full CUDA graphs of decode steps only, no compilation (faster first start, prefill eager). "
+        "The compile cache under $VLLM_CACHE_ROOT (~/.cache/vllm) makes later starts faster.",
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.resources, tuple):
             object.__setattr__(self, "resources", tuple(self.resources))
+        if self.cudagraph_capture_sizes is not None:
+            sizes = self.cudagraph_capture_sizes
+            if not isinstance(sizes, tuple):
+                sizes = tuple(sizes)
+                object.__setattr__(self, "cudagraph_capture_sizes", sizes)
+            if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+                _fail("rollout", "cudagraph_capture_sizes", sizes,
+                      "give batch sizes as integers >= 1 (e.g. 1,2,4,8,16), or None to derive them from max_num_seqs")
         _check_resources("rollout", "resources", self.resources)
         _check_choice("rollout", "sync_backend", self.sync_backend, ("object_store", "collective"))
         _check_positive("rollout", "sync_timeout_s", self.sync_timeout_s)

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from grpo_ray.config import TrainConfig
+from grpo_ray.config import RolloutConfig, TrainConfig
 from grpo_ray.modeling import eos_token_ids, load_tokenizer
 from grpo_ray.sampling import Sample, SamplingSpec
 from grpo_ray.shared_model import Packed4bit, model_on_tensors
@@ -84,6 +84,41 @@ def engine_sizes(config: TrainConfig, hf_config: Any) -> dict[str, int]:
         "max_num_batched_tokens": max(max_model_len, min(16384, max_num_seqs * max_model_len)),
         "kv_cache_memory_bytes": kv_tokens * kv_bytes_per_token(hf_config, DTYPES[config.model.dtype]),
     }
+
+
+def cudagraph_sizes(max_num_seqs: int) -> list[int]:
+    """The decode batch sizes a run can produce, thinned: 1, 2, 3, 4, 6, 8, 12, 16, ... (each power
+    of two and the point half-way to the next), up to and including ``max_num_seqs``.
+
+    A decode step of ``b`` sequences replays the graph of the smallest captured size >= ``b``
+    (padding at most a third of it); a run never decodes more than ``max_num_seqs`` at once, so
+    larger graphs (vLLM captures up to twice that by default) would only cost start-up time and
+    graph-pool memory.
+    """
+    if max_num_seqs < 1:
+        raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+    sizes, power = [], 1
+    while power < max_num_seqs:
+        sizes.append(power)
+        if power >= 2 and power + power // 2 < max_num_seqs:
+            sizes.append(power + power // 2)
+        power *= 2
+    return [*sizes, max_num_seqs]
+
+
+def compilation_config(rollout: RolloutConfig, max_num_seqs: int) -> dict[str, Any]:
+    """vLLM's ``compilation_config`` for a run that is not eager (``rollout.enforce_eager``).
+
+    Graphs only for the batch sizes the run can produce (``rollout.cudagraph_capture_sizes``, or
+    :func:`cudagraph_sizes`); one set of graphs, with LoRA, when LoRA is on (every request this
+    engine serves carries the adapter, so vLLM's second set without it would never replay);
+    ``rollout.compile=False`` skips torch.compile and captures full graphs of decode steps only.
+    """
+    sizes = sorted(set(rollout.cudagraph_capture_sizes or cudagraph_sizes(max_num_seqs)))
+    out: dict[str, Any] = {"cudagraph_capture_sizes": sizes, "cudagraph_specialize_lora": False}
+    if not rollout.compile:
+        out |= {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}  # CompilationMode.NONE
+    return out
 
 
 def converted(tensors: dict[str, torch.Tensor], dtype: torch.dtype, scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -181,6 +216,10 @@ class VLLMEngine:
             # with kv_cache_memory_bytes set, vLLM only checks that this share of the card is free
             gpu_memory_utilization=min(0.9, max(0.02, needed / total)),
         )
+        rollout = config.rollout
+        self.compilation = {} if rollout.enforce_eager else compilation_config(rollout, self.sizes["max_num_seqs"])
+        if self.compilation:
+            kwargs.update(compilation_config=self.compilation)
         if m.load_in_4bit:
             kwargs.update(quantization="bitsandbytes")  # NF4, quantized once while loading the checkpoint
         if lora.enabled:

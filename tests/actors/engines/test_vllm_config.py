@@ -92,3 +92,33 @@ def test_lora_tensors_are_converted_in_bulk_like_one_by_one():
         assert torch.equal(got[name], (t.double() * 2.5).to(torch.bfloat16))
     assert len({t.untyped_storage().data_ptr() for t in got.values()}) == 1
     assert converted({}, torch.bfloat16) == {}
+
+
+def test_cudagraph_sizes_stop_at_the_largest_batch_a_run_decodes():
+    assert vllm_engine.cudagraph_sizes(1) == [1]
+    assert vllm_engine.cudagraph_sizes(16) == [1, 2, 3, 4, 6, 8, 12, 16]
+    assert vllm_engine.cudagraph_sizes(17) == [1, 2, 3, 4, 6, 8, 12, 16, 17]
+    sizes = vllm_engine.cudagraph_sizes(512)
+    assert sizes[-1] == 512 and len(sizes) == 18  # vLLM's default list for 512 sequences holds 51, up to 1024
+    # every batch size up to the limit replays a graph padded by less than a third of it
+    for b in range(1, 513):
+        graph = min(s for s in sizes if s >= b)
+        assert (graph - b) / graph < 1 / 3
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        vllm_engine.cudagraph_sizes(0)
+
+
+def test_compilation_config_captures_what_the_run_produces_once():
+    derived = vllm_engine.compilation_config(RolloutConfig(), 16)
+    assert derived == {"cudagraph_capture_sizes": [1, 2, 3, 4, 6, 8, 12, 16], "cudagraph_specialize_lora": False}
+    given = vllm_engine.compilation_config(RolloutConfig(cudagraph_capture_sizes=(8, 1, 4, 8)), 16)
+    assert given["cudagraph_capture_sizes"] == [1, 4, 8]
+    plain = vllm_engine.compilation_config(RolloutConfig(compile=False), 4)
+    assert plain["mode"] == 0 and plain["cudagraph_mode"] == "FULL_DECODE_ONLY"
+    assert plain["cudagraph_capture_sizes"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("sizes", [(), (0, 2), (1.5,), (True,)])
+def test_cudagraph_capture_sizes_refused_unless_positive_integers(sizes):
+    with pytest.raises(ConfigError, match=r"rollout.cudagraph_capture_sizes=.*integers >= 1"):
+        RolloutConfig(cudagraph_capture_sizes=sizes)
