@@ -66,18 +66,17 @@ def supervised_warmup(config: TrainConfig, tokenizer: Any, prompts: list[str], s
     rng = random.Random(config.run.seed)
     size = min(config.sft.batch_size, len(examples))
     losses = []
-    bar = tqdm(range(config.sft.steps), desc="SFT warm-up", unit="step", dynamic_ncols=True)
-    for _ in bar:
-        batch = {k: v.to(model.device) for k, v in collate(rng.sample(examples, size), tokenizer.pad_token_id).items()}
-        loss = model(**batch).loss
-        loss.backward()
-        if config.sft.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.sft.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
+    with tqdm(range(config.sft.steps), desc="SFT warm-up", unit="step", dynamic_ncols=True) as bar:  # closed on Ctrl-C too
+        for _ in bar:
+            batch = {k: v.to(model.device) for k, v in collate(rng.sample(examples, size), tokenizer.pad_token_id).items()}
+            loss = model(**batch).loss
+            loss.backward()
+            if config.sft.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.sft.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model = model.merge_and_unload() if config.lora.enabled else model
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

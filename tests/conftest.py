@@ -1,6 +1,7 @@
 """Shared test setup: GPU tests are skipped where there is no CUDA device; the fixtures most
 modules share (a module may define its own of the same name to differ)."""
 
+import grpo_ray  # noqa: F401 - first: its process defaults (OMP_WAIT_POLICY) must precede torch's import
 import pytest
 import torch
 
