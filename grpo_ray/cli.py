@@ -117,8 +117,7 @@ class Parser(argparse.ArgumentParser):
             first = next((u for u in unknown if u.startswith("-")), unknown[0])
             close = difflib.get_close_matches(first.split("=", 1)[0], flags, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else f"; {self.prog} --help lists every flag"
-            what = "unrecognized argument" if len(unknown) == 1 else "unrecognized arguments"
-            self.error(f"{what}: {' '.join(unknown)}{hint}")
+            self.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
         return parsed
 
 
