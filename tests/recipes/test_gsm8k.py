@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One --tiny run as a user runs it: a fresh directory, the default output_dir (./outputs/...),
-    its own process (and so its own Ray cluster); the console kept for the console test."""
-    root = tmp_path_factory.mktemp("cwd")
-    run = subprocess.run([sys.executable, "-m", "recipes.gsm8k", "--tiny"], cwd=root, capture_output=True, text=True,
-                         timeout=900, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = root / "outputs" / "gsm8k-tiny"
+def tiny_run(gsm8k_tiny_run):
+    """The session's --tiny run (tests/conftest.py): a fresh directory, the default output_dir
+    (./outputs/...), its own process; the console kept for the console test."""
+    cwd, run = gsm8k_tiny_run
+    out = cwd / "outputs" / "gsm8k-tiny"
     return out, json.loads((out / "summary.json").read_text()), run
 
 
