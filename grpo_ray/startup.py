@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import random
 import shutil
@@ -119,6 +120,9 @@ def load_split(data: DataConfig, source: str, split: str, knob: str, hint: str =
         if not hub_reachable():
             raise StartupError(f"{knob}={source!r} is not a local path and the Hub cannot be reached from here: {instead}")
     kwargs = {"name": data.subset} if data.subset and not local.exists() else {}
+    library_log = logging.getLogger("datasets")
+    level = library_log.level
+    library_log.setLevel(logging.CRITICAL)  # it logs a parse error before raising it: the user would read it twice
     try:
         return load_prompt_dataset(str(local) if local.exists() else source, split=split, **kwargs)
     except Exception as err:  # datasets wraps parse errors in several types; report the root cause
@@ -129,6 +133,8 @@ def load_split(data: DataConfig, source: str, split: str, knob: str, hint: str =
         if bad is not None:
             raise StartupError(f"{knob}={source!r} cannot be read: {bad}; fix that line") from None
         raise StartupError(f"{knob}={source!r} cannot be read: {cause}") from None
+    finally:
+        library_log.setLevel(level)
 
 
 def first_bad_json_line(path: Path) -> str | None:
