@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from grpo_ray.cli import parse_config, stage, user_errors
 from grpo_ray.config import TrainConfig
 from grpo_ray.prompt_set import PromptSet
-from grpo_ray.startup import GGUF_MISSING, Checked, Make, prepare, warmup_dir
+from grpo_ray.startup import GGUF_MISSING, Checked, Make, Prepared, prepare, warmup_dir
 from grpo_ray.tracking import quiet_console
 
 log = logging.getLogger("grpo_ray")
@@ -47,15 +47,19 @@ def train(config: TrainConfig, hint: str = "", make: Make | None = None) -> dict
     summary: dict[str, Any] = {"train_prompts": len(train_set.rows), "dropped_prompts": train_set.dropped,
                                "eval_questions": len(eval_set.rows)}
     warmup = warmup_dir(config)
-    if config.sft.steps and not (config.run.resume and (warmup / "config.json").is_file()):
-        from grpo_ray.sft import supervised_warmup
+    started_ray = False
+    try:
+        if config.sft.steps and not (config.run.resume and (warmup / "config.json").is_file()):
+            stage("the SFT warm-up (nothing saved yet)")
+            summary["sft"], started_ray = warm_up_beside_ray(ready, warmup)
+            print(f"SFT warm-up: loss {summary['sft']['sft/loss_first']:.3f} -> {summary['sft']['sft/loss_last']:.3f}; "
+                  f"checkpoint {warmup}", flush=True)
+        summary |= run_grpo(ready.checked, train_set, eval_set)
+    finally:
+        if started_ray:
+            import ray
 
-        stage("the SFT warm-up (nothing saved yet)")
-        prompts = [r["prompt"] for r in train_set.rows]
-        _, summary["sft"] = supervised_warmup(config, ready.tokenizer, prompts, train_set.solutions, warmup)
-        print(f"SFT warm-up: loss {summary['sft']['sft/loss_first']:.3f} -> {summary['sft']['sft/loss_last']:.3f}; "
-              f"checkpoint {warmup}", flush=True)
-    summary |= run_grpo(ready.checked, train_set, eval_set)
+            ray.shutdown()
     grpo_config = ready.checked.config
     stage("the export (the final checkpoint is saved)")
     summary["exports"] = export_all(grpo_config, out, ready.tokenizer, ready.converter)
@@ -64,6 +68,44 @@ def train(config: TrainConfig, hint: str = "", make: Make | None = None) -> dict
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     report(summary, out)
     return summary
+
+
+def warm_up_beside_ray(ready: Prepared, warmup: Path) -> tuple[dict[str, float], bool]:
+    """The SFT warm-up on a thread while this one starts Ray (or joins it; GRPO's actors then
+    start at once): Ray's start is mostly waiting on the processes it launches, which now
+    happens during the warm-up. Returns the warm-up's summary and whether Ray was started here
+    (the caller shuts it down). Ctrl-C stops the warm-up at its next step, nothing saved."""
+    import threading
+
+    import ray
+
+    from grpo_ray.cluster import connect
+    from grpo_ray.sft import supervised_warmup
+
+    config = ready.config
+    prompts = [r["prompt"] for r in ready.train_set.rows]
+    stop, outcome = threading.Event(), {}
+
+    def work() -> None:
+        try:
+            outcome["summary"] = supervised_warmup(config, ready.tokenizer, prompts, ready.train_set.solutions, warmup, stop)[1]
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=work, name="sft-warm-up", daemon=True)
+    thread.start()
+    started = not ray.is_initialized()
+    try:
+        connect(ready.checked.config)
+        while thread.is_alive():
+            thread.join(0.2)  # in short waits, so that Ctrl-C reaches this thread
+    except BaseException:
+        stop.set()
+        thread.join()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["summary"], started
 
 
 def run_grpo(checked: Checked, train_set: PromptSet, eval_set: PromptSet) -> dict[str, Any]:
