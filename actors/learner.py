@@ -20,6 +20,7 @@ from grpo_ray.config import TrainConfig
 from grpo_ray.loss import grpo_loss, mask_truncated_completions
 from grpo_ray.modeling import CompletionLogprobs, load_policy, load_tokenizer, probe_logprobs
 from grpo_ray.rollout_batch import RolloutBatch
+from grpo_ray.schedules import make_scheduler
 
 
 #: Seconds a collective of the learner group (gradient all-reduce) waits for the slowest rank.
@@ -59,8 +60,6 @@ class Learner:
         self, config: TrainConfig, num_cpus: int = 1, policy: torch.nn.Module | None = None, rank: int = 0
     ):
         """``policy``: a model built elsewhere (the colocated vLLM worker's, on the engine's tensors)."""
-        from transformers import get_scheduler
-
         torch.set_num_threads(max(1, num_cpus))
         torch.manual_seed(config.run.seed)
         self.config = config
@@ -75,7 +74,7 @@ class Learner:
             self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay
         )
         total = config.run.max_steps
-        self.scheduler = get_scheduler(
+        self.scheduler = make_scheduler(
             o.lr_scheduler_type, self.optimizer, num_warmup_steps=int(o.warmup_ratio * total), num_training_steps=total
         )
         self.version = 0  # bumped by every optimizer step

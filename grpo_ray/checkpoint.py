@@ -176,6 +176,11 @@ def resolve_resume(resume: str, output_dir: Path) -> Path:
             )
         return found[-1][1]
     path = Path(resume)
+    if not path.exists():
+        raise ConfigError(
+            f"run.resume={resume!r} is invalid: no such directory; give 'latest' or an existing checkpoint-N "
+            f"directory (those in {output_dir}: {', '.join(str(p) for _, p in step_checkpoints(output_dir)) or 'none'})"
+        )
     if not (path / TRAINER_STATE).is_file() or not (path / LEARNER_STATE).is_file():
         raise ConfigError(
             f"run.resume={resume!r} is invalid: not a complete checkpoint directory (it needs "

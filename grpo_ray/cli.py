@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
+import re
 import sys
 import typing
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import yaml
 
@@ -101,18 +103,60 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, s)).items()} for s in SECTIONS}
 
 
-def build_parser(description: str, base: TrainConfig) -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``PROG: error: ...``, no usage block) and a "did you mean"
+    for a misspelled flag."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, unknown = self.parse_known_args(negative_values_joined(list(sys.argv[1:] if args is None else args)), namespace)
+        if unknown:
+            flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            first = next((u for u in unknown if u.startswith("-")), unknown[0])
+            close = difflib.get_close_matches(first.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; {self.prog} --help lists every flag"
+            self.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        return parsed
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d|\.\d|inf\b|nan\b)", re.IGNORECASE)
+
+
+def negative_values_joined(argv: list[str]) -> list[str]:
+    """``--optim.learning_rate -1e-3`` -> ``--optim.learning_rate=-1e-3``: argparse would read a
+    value starting with '-' as a flag (it only knows plain ``-3`` and ``-0.5`` as numbers)."""
+    out: list[str] = []
+    for token in argv:
+        if out and NEGATIVE_NUMBER.match(token) and out[-1].startswith("--") and "." in out[-1] and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+#: ``add(parser)``: a recipe's own flags (``--tiny``...), added to its parser so --help lists them.
+RecipeFlags = Callable[[argparse.ArgumentParser], None]
+
+
+def build_parser(
+    description: str, base: TrainConfig, prog: str | None = None, recipe_flags: RecipeFlags | None = None
+) -> argparse.ArgumentParser:
     """An argparse parser with one ``--section.field`` flag per knob, defaults taken from ``base``."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
+        prog=prog,
         description=description,
         allow_abbrev=False,
         usage="%(prog)s [-h] [--config FILE] [--print-config] [--<section>.<field> VALUE ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Values are YAML scalars: --grpo.epsilon_high 0.28, --grpo.delta none, "
+        epilog="Values are YAML scalars: --grpo.epsilon_high 0.28, --grpo.delta none, --optim.learning_rate -1e-3, "
         "--reward.functions a,b. Flags override --config, which overrides the defaults.",
     )
     parser.add_argument("--config", type=Path, help="YAML file shaped like the config: 'grpo: {beta: 0.04}'.")
     parser.add_argument("--print-config", action="store_true", help="Print the resolved config as YAML and exit.")
+    if recipe_flags is not None:
+        recipe_flags(parser.add_argument_group("recipe", "This recipe's own flags (the knobs follow)."))
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(section, (cls.__doc__ or "").strip())
         current = getattr(base, section)
@@ -133,15 +177,47 @@ def parse_config(
     *,
     base: TrainConfig | None = None,
     description: str = "Train a model with GRPO on a Ray cluster.",
+    prog: str | None = None,
 ) -> TrainConfig:
     """Defaults (``base``) <- ``--config`` YAML <- ``--section.field`` flags -> a validated TrainConfig.
 
-    Exits through argparse with the ConfigError message on an invalid value, so the user sees
-    which field is wrong and how to fix it before anything is loaded.
+    Exits with one ``PROG: error: ...`` line (the ConfigError message) on an invalid value, so the
+    user sees which field is wrong and how to fix it before anything is loaded.
     """
+    return parse_command(argv, base=base, description=description, prog=prog)[1]
+
+
+#: ``preset(recipe_args, base) -> base``: the defaults a recipe's flags pick (``--tiny``'s sizes).
+Preset = Callable[[argparse.Namespace, TrainConfig], TrainConfig]
+
+
+def parse_command(
+    argv: Sequence[str] | None = None,
+    *,
+    base: TrainConfig | None = None,
+    description: str = "Train a model with GRPO on a Ray cluster.",
+    prog: str | None = None,
+    recipe_flags: RecipeFlags | None = None,
+    preset: Preset | None = None,
+) -> tuple[argparse.Namespace, TrainConfig]:
+    """A recipe's command line: its own flags (``recipe_flags``, listed by --help), the defaults
+    they pick (``preset``), then ``--config`` and the knobs on top. Returns (the recipe's flags, config)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     base = base or TrainConfig()
-    parser = build_parser(description, base)
+    recipe_args = argparse.Namespace()
+    if recipe_flags is not None:  # a first pass reads the recipe's flags, which pick the defaults --help shows
+        first = Parser(prog=prog, add_help=False, allow_abbrev=False)
+        recipe_flags(first)
+        recipe_args, _ = first.parse_known_args(negative_values_joined(argv))
+        if preset is not None:
+            try:
+                base = preset(recipe_args, base)
+            except ConfigError as err:
+                first.error(str(err))
+    parser = build_parser(description, base, prog, recipe_flags)
     args = vars(parser.parse_args(argv))
+    for name in vars(recipe_args):
+        args.pop(name, None)
     try:
         config = base
         path = args.pop("config", None)
@@ -163,7 +239,7 @@ def parse_config(
     if show:
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
         raise SystemExit(0)
-    return config
+    return recipe_args, config
 
 
 def _load_yaml(text: str, where: str, fix: str) -> Any:
@@ -180,16 +256,69 @@ def _load_yaml(text: str, where: str, fix: str) -> Any:
         raise ConfigError(f"{where} is not valid YAML{at}: {problem}; {fix}") from None
 
 
+#: What a command-line run is doing, for the line a Ctrl-C prints (set by :func:`stage`).
+_STAGE = {"now": "start-up"}
+
+
+def stage(what: str) -> None:
+    """Name what the run does from now on ("the SFT warm-up"), for the line Ctrl-C prints."""
+    _STAGE["now"] = what
+
+
 @contextmanager
-def user_errors(prog: str) -> Iterator[None]:
-    """For command-line entry points: a :class:`ConfigError` raised inside (the trainer's
-    preflight: reward names, dataset columns, model path, output directory, resume) ends the
-    program like a bad flag does, with one ``PROG: error: ...`` line and exit status 2."""
+def user_errors(prog: str, output_dir: str | Path | None = None) -> Iterator[None]:
+    """For command-line entry points: every way a run ends early is one line on stderr.
+
+    - :class:`ConfigError` (a start-up check: reward names, dataset columns, model path, output
+      directory, resume): ``PROG: error: ...`` like a bad flag, exit status 2.
+    - Ctrl-C before the GRPO loop (which saves a checkpoint and prints its own line):
+      ``PROG: interrupted during <stage>; ...``, exit status 130.
+    - Any other exception (a reward function breaking its contract, an actor that died):
+      ``PROG: error: <message>; full traceback in <output_dir>/error.log``, exit status 1.
+
+    Ray, when this process started or joined it, is shut down first, so nothing the run
+    started is left running."""
     try:
         yield
     except ConfigError as err:
+        _stop_ray()
         print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        _stop_ray()
+        print(f"{prog}: interrupted during {_STAGE['now']}; stopped every process it started", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except Exception as err:  # noqa: BLE001 - the one line here, the traceback in the log
+        _stop_ray()
+        log = _write_traceback(err, output_dir)
+        first = (str(err).strip().splitlines() or [""])[0]
+        message = first if first else type(err).__name__
+        print(f"{prog}: error: {message}; full traceback in {log}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def _stop_ray() -> None:
+    """Shut down this process's Ray connection (and the local cluster it started), if any."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+def _write_traceback(err: BaseException, output_dir: str | Path | None) -> Path:
+    """``<output_dir>/error.log`` (or a file in the temp directory when there is no output dir yet)."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(err))
+    directory = Path(output_dir) if output_dir is not None and Path(output_dir).is_dir() else None
+    if directory is None:
+        handle, name = tempfile.mkstemp(prefix="grpo-ray-error-", suffix=".log")
+        os.close(handle)
+        path = Path(name)
+    else:
+        path = directory / "error.log"
+    path.write_text(text)
+    return path
 
 
 def knob_table_markdown() -> str:
@@ -215,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "--knob-table" in argv:
         print(knob_table_markdown())
         return
-    config = parse_config(argv)
+    config = parse_config(argv, prog="python -m grpo_ray.cli")
     print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
 
 

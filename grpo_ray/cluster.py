@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from grpo_ray.config import TrainConfig, resource_dict
 
@@ -80,8 +81,13 @@ def bundles(config: TrainConfig) -> list[dict[str, float]]:
 
 
 def runtime_env(shipped: bool) -> dict[str, Any]:
-    """Environment of every actor; ``shipped`` adds the project's packages (for other nodes)."""
-    env: dict[str, Any] = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    """Environment of every actor on a cluster the run joins, with the project's packages
+    (``shipped``) for its other nodes. A local cluster gets none: its actors inherit the
+    driver's environment (:func:`connect`), which lets Ray hand them the worker processes it
+    started in advance (a job-level ``runtime_env`` would make it start new ones)."""
+    from grpo_ray.tracking import WORKER_ENV
+
+    env: dict[str, Any] = {"env_vars": dict(WORKER_ENV)}
     if shipped:
         root = Path(__file__).resolve().parent.parent
         env["py_modules"] = [str(root / name) for name in PACKAGES]
@@ -89,25 +95,64 @@ def runtime_env(shipped: bool) -> dict[str, Any]:
     return env
 
 
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` added (unless already set) for the duration; the processes
+    started meanwhile (Ray's, and so its workers) keep them."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def connect(config: TrainConfig) -> None:
-    """Join ``run.ray_address`` (or ``$RAY_ADDRESS``), else start a local cluster that fits the bundles.
+    """Join ``run.ray_address`` (or ``$RAY_ADDRESS``), else start a local cluster with one logical
+    CPU per core of this machine (:func:`fit_to_cluster` then shares them among the actors).
 
     Joining is explicit on purpose: ``address="auto"`` would also find a short-lived local
     cluster that another process on this machine happens to run.
     """
     import ray
 
+    from grpo_ray.tracking import WORKER_ENV
+
     if ray.is_initialized():
         return
     address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=runtime_env(shipped=True))
+        ray.init(address=address, runtime_env=runtime_env(shipped=True), logging_level=logging.WARNING)
         log.info("joined the Ray cluster at %s", address)
         return
-    needed = sum(b.get("CPU", 0.0) for b in bundles(config))
-    num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
-    ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env(shipped=False), include_dashboard=False)  # never a neighbour's cluster
-    log.info("started a local Ray cluster with %d logical CPUs", num_cpus)
+    num_cpus = os.cpu_count() or 1
+    env = dict(WORKER_ENV)
+    if not uses_gpu(config) and not _has_cuda():
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed (imported by save_pretrained) would warn that it found no GPU
+    with _environment(env):  # never a neighbour's cluster: address="local"
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    log.info("Ray: started a local cluster with %d logical CPUs (the cores of this machine)", num_cpus)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def fit_to_cluster(specs: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The bundles, with every CPU request scaled down so that they fit when the cluster is one
+    node with fewer CPUs than they ask for in total (a 2-core box running a learner, a rollout
+    worker and a reward worker: the actors share the cores, as the OS would have them anyway)."""
+    import ray
+
+    needed = sum(b.get("CPU", 0.0) for b in specs)
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if len(ray.nodes()) != 1 or needed <= have or needed == 0:
+        return specs
+    scale = have / needed
+    return [b | ({"CPU": b["CPU"] * scale} if "CPU" in b else {}) for b in specs]
 
 
 def place_actors(config: TrainConfig) -> Actors:
@@ -123,7 +168,7 @@ def place_actors(config: TrainConfig) -> Actors:
     from actors.rollout_worker import RolloutWorker
     from actors.train_backends import EVERY_RANK
 
-    specs = bundles(config)
+    specs = fit_to_cluster(bundles(config))
     if uses_gpu(config) and ray.cluster_resources().get("GPU", 0) < sum(b.get("GPU", 0) for b in specs):
         raise RuntimeError(
             f"rollout.backend={config.rollout.backend!r} (run.mode={resolve_mode(config)!r}) needs "
@@ -161,10 +206,10 @@ def place_actors(config: TrainConfig) -> Actors:
         start(RewardWorker, first_reward + i, config.reward, restarts=restarts) for i in range(config.reward.num_workers)
     ]
     if resolve_mode(config) == "colocate":
-        worker = start(ColocatedWorker, 0, config, int(specs[0]["CPU"]))  # holds the learner: no restarts
+        worker = start(ColocatedWorker, 0, config, max(1, int(specs[0]["CPU"])))  # holds the learner: no restarts
         return Actors(worker, [worker], reward, pg, colocated=True)
     n = config.batch.num_processes
-    ranks = [start(Learner, rank, config, int(specs[rank]["CPU"]), None, rank) for rank in range(n)]
+    ranks = [start(Learner, rank, config, max(1, int(specs[rank]["CPU"])), None, rank) for rank in range(n)]
     rollout = [start(RolloutWorker, n + i, config, i, restarts=restarts) for i in range(config.rollout.num_workers)]
     if n == 1 and config.batch.train_backend == "plain":  # DeepSpeed builds its engine on a group, even of one
         return Actors(ranks[0], rollout, reward, pg, learner_ranks=ranks)

@@ -657,6 +657,12 @@ class DataConfig:
         "or the path of a Jinja template file.",
     )
     max_rows: int | None = knob(None, "Train on at most this many rows (the first ones); None = all.")
+    eval_holdout: float = knob(
+        0.1,
+        "A single-file data.dataset has no splits: when the eval reads from that same file, this fraction of its rows "
+        "(drawn with run.seed; at least 1, at most eval.limit) is held out of training for the eval; 0 = refuse to "
+        "evaluate on the training file (set data.eval_dataset or data.eval_split=none instead).",
+    )
 
     def __post_init__(self) -> None:
         s = "data"
@@ -665,6 +671,9 @@ class DataConfig:
                 _fail(s, name, getattr(self, name), "give a non-empty string")
         if self.max_rows is not None:
             _check_int(s, "max_rows", self.max_rows, 1)
+        _check_positive(s, "eval_holdout", self.eval_holdout, allow_zero=True)
+        if self.eval_holdout >= 1:
+            _fail(s, "eval_holdout", self.eval_holdout, "set a fraction in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -726,6 +735,24 @@ class ExportConfig:
                 _fail("export", "gguf", self.gguf, "GGUF is converted from the merged model: set export.merged=true")
 
 
+def batch_fix(batch: BatchConfig, num_generations: int) -> str:
+    """The nearest per_device_train_batch_size, steps_per_generation and num_generations that
+    each make a valid cycle (completions divisible by num_generations, at least two prompts)."""
+    g, effective = num_generations, batch.effective_batch_size
+
+    def nearest(current: int, per_unit: int) -> int:  # the value v nearest current with per_unit * v valid
+        fits = [v for v in range(1, current + 2 * g + 1) if (per_unit * v) % g == 0 and per_unit * v >= 2 * g]
+        return min(fits, key=lambda v: (abs(v - current), -v))
+
+    size, spg = batch.per_device_train_batch_size, batch.steps_per_generation_value
+    fixes = [f"batch.per_device_train_batch_size={nearest(size, effective // size)}"]
+    fixes.append(f"batch.steps_per_generation={nearest(spg, effective // spg)}")
+    groups = [n for n in range(2, effective // 2 + 1) if effective % n == 0]
+    if groups:
+        fixes.append(f"grpo.num_generations={min(groups, key=lambda n: (abs(n - g), -n))}")
+    return "set " + ", or ".join(fixes)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A whole run: every section, plus the checks that span sections."""
@@ -747,18 +774,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         effective = self.batch.effective_batch_size
         g = self.grpo.num_generations
-        if effective % g:
+        if effective % g or effective // g < 2:
+            what = (
+                f"is not divisible by grpo.num_generations={g}" if effective % g else
+                f"holds {effective // g} unique prompt(s) per generation cycle ({effective} completions / "
+                f"num_generations={g}) and GRPO needs at least 2"
+            )
             raise ConfigError(
                 f"batch: effective batch size = steps_per_generation x num_processes x "
-                f"per_device_train_batch_size = {effective} is not divisible by "
-                f"grpo.num_generations={g}; change one of them so that it is "
-                f"(e.g. per_device_train_batch_size={g})"
-            )
-        if effective // g < 2:
-            raise ConfigError(
-                f"batch: a generation cycle holds {effective // g} unique prompt(s) "
-                f"({effective} completions / num_generations={g}); GRPO needs at least 2: "
-                f"raise batch.steps_per_generation or per_device_train_batch_size"
+                f"per_device_train_batch_size = {effective} {what}; {batch_fix(self.batch, g)}"
             )
         n_funcs = len(self.reward.functions)
         weights = self.grpo.reward_weights

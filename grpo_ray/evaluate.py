@@ -19,8 +19,9 @@ from grpo_ray.data import columns_of
 from grpo_ray.prompt_set import PromptSet
 from grpo_ray.rewards import completion_text, resolve
 from grpo_ray.rewards.math import extract_answer
+from grpo_ray.tracking import squeeze_repeats
 
-RESPONSE_CHARS = 800  # longest response shown on the console (samples.jsonl has it whole)
+RESPONSE_CHARS = 800  # longest response shown on the console, repeats squeezed (samples.jsonl has it whole)
 
 
 class Evaluator:
@@ -76,7 +77,8 @@ class Evaluator:
                     "reward": float(rewards[i]),
                 }
                 f.write(json.dumps(sample) + "\n")
-                shown = text if len(text) <= RESPONSE_CHARS else text[:RESPONSE_CHARS] + " [...]"
+                shown = squeeze_repeats(text)
+                shown = shown if len(shown) <= RESPONSE_CHARS else shown[:RESPONSE_CHARS] + " [...]"
                 self.write(
                     f"---- sample {i + 1}/{n} at step {step} ----\nQuestion: {sample['question']}\n"
                     f"Answer: {sample['answer']}\nResponse: {shown}\nExtracted: {sample['extracted']} | "

@@ -1,4 +1,5 @@
-"""A PNG of a run from its metrics log: reward per function, eval accuracy, KL, completion length.
+"""A PNG of a run from its metrics log: the total reward, the reward per function, eval accuracy
+in %, completion length (from 0), and KL when the run computed it (grpo.beta > 0).
 
     python -m grpo_ray.plot outputs/gsm8k/metrics.jsonl            # writes outputs/gsm8k/metrics.png
     python -m grpo_ray.plot run.jsonl -o curves.png
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,44 +30,86 @@ def series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[flo
     return [p[0] for p in pairs], [float(p[1]) for p in pairs]
 
 
-def panels(records: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    """(title, keys) of each panel: the total and per-function rewards, accuracy, KL, length."""
+@dataclass(frozen=True)
+class Panel:
+    """One panel: its title, the keys drawn, and how its y axis reads."""
+
+    title: str
+    keys: list[str]
+    percent: bool = False  # values are fractions shown as % (0-100)
+    from_zero: bool = False  # the y axis starts at 0, so that noise is not drawn as swings
+    band: str | None = None  # a key whose values are drawn as a +-band around the first key
+
+
+def panels(records: list[dict[str, Any]]) -> list[Panel]:
+    """What a user looks at first: the total reward, each reward function's mean, eval accuracy
+    (in %), completion length, and KL only when the log has it (grpo.beta > 0)."""
     names = sorted({k for r in records for k in r if k.startswith("rewards/") and not k.endswith("_std")})
-    return [
-        ("reward (total and per function)", ["reward", *names]),
-        ("eval accuracy (greedy pass@1)", ["eval/accuracy"]),
-        ("KL to the reference", ["kl"]),
-        ("completion length (tokens)", ["completion_length"]),
+    out = [
+        Panel("total reward (mean ± std over the batch)", ["reward"], band="reward_std"),
+        Panel("reward per function (mean)", names),
+        Panel("eval accuracy (greedy pass@1, %)", ["eval/accuracy"], percent=True, from_zero=True),
+        Panel("completion length (tokens)", ["completion_length"], from_zero=True),
     ]
+    if series(records, "kl")[0]:
+        out.append(Panel("KL to the reference", ["kl"], from_zero=True))
+    return out
 
 
-def plot_run(records: list[dict[str, Any]], out: str | Path, title: str = "") -> Path:
-    """Draw the four panels into ``out`` (PNG); a panel with no data says so."""
+def draw(records: list[dict[str, Any]], title: str = "") -> Any:
+    """The figure of :func:`panels` (matplotlib, Agg); a panel with no data says so."""
     try:
         import matplotlib
     except ImportError:
         raise SystemExit(MISSING) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
-    for ax, (name, keys) in zip(axes.flat, panels(records)):
-        ax.set_title(name, fontsize=10)
+    chosen = panels(records)
+    rows = math.ceil(len(chosen) / 2)
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 3.5 * rows), constrained_layout=True, squeeze=False)
+    for ax in axes.flat[len(chosen):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, chosen):
+        ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel("optimizer step")
-        drawn = 0
-        for key in keys:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        scale = 100.0 if panel.percent else 1.0
+        drawn = []
+        for key in panel.keys:
             steps, values = series(records, key)
-            if steps:
-                ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3, label=key.removeprefix("rewards/"))
-                drawn += 1
-        if drawn == 0:
-            note = " (grpo.beta = 0 computes none)" if keys[0] == "kl" else ""
-            ax.text(0.5, 0.5, f"no {keys[0]} in this log{note}", ha="center", va="center", transform=ax.transAxes, color="gray")
-        elif len(keys) > 1:
+            if not steps:
+                continue
+            values = [v * scale for v in values]
+            drawn.extend(values)
+            ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3, label=key.removeprefix("rewards/"))
+            if panel.band:
+                band = dict(zip(*series(records, panel.band)))
+                lo = [v - band.get(s, 0.0) for s, v in zip(steps, values)]
+                hi = [v + band.get(s, 0.0) for s, v in zip(steps, values)]
+                ax.fill_between(steps, lo, hi, alpha=0.2, label="± std")
+        if not drawn:
+            ax.text(0.5, 0.5, f"no {panel.keys[0] if panel.keys else 'reward function'} in this log", ha="center",
+                    va="center", transform=ax.transAxes, color="gray")
+        elif len(panel.keys) > 1 or panel.band:
             ax.legend(fontsize=7)
+        if panel.percent:
+            ax.yaxis.set_major_formatter(PercentFormatter(100))
+            ax.set_ylim(0, 100)
+        elif panel.from_zero and drawn:
+            ax.set_ylim(0, max(drawn) * 1.1 or 1.0)
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_run(records: list[dict[str, Any]], out: str | Path, title: str = "") -> Path:
+    """Draw :func:`panels` into ``out`` (PNG)."""
+    fig = draw(records, title)
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -49,8 +49,12 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def supervised_warmup(config: TrainConfig, tokenizer: Any, prompts: list[str], solutions: list[str], path: Path) -> tuple[Path, dict[str, float]]:
-    """Run ``sft.steps`` steps and save the (merged) model and ``tokenizer`` at ``path``."""
+def supervised_warmup(
+    config: TrainConfig, tokenizer: Any, prompts: list[str], solutions: list[str], path: Path, stop: Any = None
+) -> tuple[Path, dict[str, float]]:
+    """Run ``sft.steps`` steps and save the (merged) model and ``tokenizer`` at ``path``.
+    ``stop``: a ``threading.Event`` that, once set, ends the warm-up at its next step
+    (KeyboardInterrupt, nothing saved), for a warm-up run on a thread."""
     from tqdm import tqdm
 
     examples, dropped = encode_examples(tokenizer, prompts, solutions, config.grpo.max_completion_length)
@@ -66,18 +70,19 @@ def supervised_warmup(config: TrainConfig, tokenizer: Any, prompts: list[str], s
     rng = random.Random(config.run.seed)
     size = min(config.sft.batch_size, len(examples))
     losses = []
-    bar = tqdm(range(config.sft.steps), desc="SFT warm-up", unit="step", dynamic_ncols=True)
-    for _ in bar:
-        batch = {k: v.to(model.device) for k, v in collate(rng.sample(examples, size), tokenizer.pad_token_id).items()}
-        loss = model(**batch).loss
-        loss.backward()
-        if config.sft.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.sft.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
+    with tqdm(range(config.sft.steps), desc="SFT warm-up", unit="step", dynamic_ncols=True) as bar:  # closed on Ctrl-C too
+        for _ in bar:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
+            batch = {k: v.to(model.device) for k, v in collate(rng.sample(examples, size), tokenizer.pad_token_id).items()}
+            loss = model(**batch).loss
+            loss.backward()
+            if config.sft.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.sft.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model = model.merge_and_unload() if config.lora.enabled else model
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

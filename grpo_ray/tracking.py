@@ -1,12 +1,23 @@
 """Where metrics go: ``metrics.jsonl`` always, one console line per step, and on request
-TensorBoard, wandb or SwanLab (``run.report_to``), each imported only when asked for."""
+TensorBoard, wandb or SwanLab (``run.report_to``), each imported only when asked for.
+
+The console of a command-line run (:func:`quiet_console`) shows the plan, the progress bars,
+the metric lines, grpo_ray's warnings and where the outputs are; the libraries' chatter (model
+card notices, weight-loading bars, accelerator probes, deprecation notices) is turned off, in
+the driver and, through :data:`WORKER_ENV`, in every actor.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
+import os
+import re
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +58,89 @@ def console_line(step: int, metrics: dict[str, Any]) -> str:
                     std = metrics.get(f"{name}_std")
                     parts.append(f"{name[8:]} {mean:.2f}" + (f"±{std:.2f}" if _number(std) else ""))
     return " | ".join(parts)
+
+
+#: Environment of the actors' processes (set where Ray starts them; see grpo_ray.cluster): no
+#: tokenizer thread pools, no weight-loading or shard-writing bars, transformers' warnings only.
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "PYTHONWARNINGS": "ignore::FutureWarning",
+}
+
+#: A stretch of text repeated at least this many times, over at least this many characters, is
+#: shown once with a count on the console (samples.jsonl keeps the text whole).
+REPEAT_MIN, REPEAT_MIN_CHARS = 4, 24
+
+
+def squeeze_repeats(text: str) -> str:
+    """``<S><S><S>...`` (53 times) -> ``<S> [x53]``: a unit of 1 to 40 characters repeated
+    :data:`REPEAT_MIN` times or more in a row, over :data:`REPEAT_MIN_CHARS` characters or more, is
+    shown once with its count (what a barely trained model emits). Numbers and short runs stay."""
+    pattern = re.compile(r"(.{1,40}?)\1{%d,}" % (REPEAT_MIN - 1), re.S)
+
+    def one(m: re.Match) -> str:
+        run, unit = m.group(0), m.group(1)
+        return run if len(run) < REPEAT_MIN_CHARS else f"{unit} [x{len(run) // len(unit)}]"
+
+    return pattern.sub(one, text)
+
+
+class _BarSafeHandler(logging.Handler):
+    """Log records written above the progress bars (``tqdm.write``) instead of through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
+
+
+class _ConsoleFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def quiet_console(level: int = logging.INFO) -> None:
+    """Set up a command-line run's console (see the module docstring); call once, early."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    log = logging.getLogger("grpo_ray")
+    if not any(isinstance(h, _BarSafeHandler) for h in log.handlers):
+        handler = _BarSafeHandler()
+        handler.setFormatter(_ConsoleFormat())
+        log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+    for name, quiet in (("ray", logging.WARNING), ("ray._private.authentication", logging.ERROR)):
+        logging.getLogger(name).setLevel(quiet)  # Ray's "started a local instance", its token-auth notice
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed (which save_pretrained imports) would warn it found no GPU
+    try:  # each library resets its loggers when imported: import first, then quiet them
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()  # "Repo card metadata block was not found"
+    except ImportError:
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def missing_sinks(report_to: tuple[str, ...]) -> list[str]:

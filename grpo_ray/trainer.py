@@ -41,15 +41,16 @@ import torch
 from grpo_ray.advantages import combine_rewards, compute_advantages, nanstd
 from grpo_ray.batching import describe_cycle
 from grpo_ray.checkpoint import (
-    FINAL, TRAINER_STATE, check_resume_compatible, checkpoint_name, existing_run, link_final, read_trainer_state,
-    remove_stale, resolve_resume, rotate, step_checkpoints, write_atomic,
+    FINAL, TRAINER_STATE, checkpoint_name, link_final, read_trainer_state, remove_stale, rotate, step_checkpoints,
+    write_atomic,
 )
-from grpo_ray.cli import config_from_dict, config_to_dict
+from grpo_ray.cli import config_to_dict
 from grpo_ray.cluster import Actors, connect, place_actors, uses_gpu
-from grpo_ray.config import ConfigError, ModelConfig, TrainConfig
+from grpo_ray.config import TrainConfig
 from grpo_ray.data import PromptSampler, columns_of
 from grpo_ray.guards import drop_nonfinite_rewards, zero_variance_groups
 from grpo_ray.rollout_batch import RolloutBatch
+from grpo_ray.startup import Checked, preflight
 from grpo_ray.tracking import MetricsLog, console_line
 from grpo_ray.weight_sync import WeightSyncError, make_weight_sync
 from grpo_ray.trainer_state import TrainerState
@@ -96,127 +97,21 @@ def _split(items: Sequence[Any], parts: int) -> list[list[Any]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-# -- checks before any work ----------------------------------------------------------------------
-
-
-def preflight(
-    config: TrainConfig, rows: Sequence[dict[str, Any]] | None = None, *, check_model: bool = True
-) -> Path | None:
-    """Fail in the driver, before any actor starts or anything is written, on what would fail
-    later: reward names, the columns they need (when ``rows`` are given), the model path
-    (unless ``check_model`` is false, for a recipe that makes its model first) and the output
-    directory. Every error is a :class:`ConfigError` whose message names the knob and the fix.
-    Returns the checkpoint ``run.resume`` names, or None for a fresh run."""
-    from grpo_ray.rewards import resolve
-    from grpo_ray.rewards.registry import RewardResolutionError, required_columns
-
-    if not config.reward.functions:
-        raise ConfigError("reward.functions is empty: name at least one reward function (--reward.functions NAME)")
-    functions = []
-    for spec in config.reward.functions:
-        try:
-            functions.append(resolve(spec))
-        except RewardResolutionError as err:
-            raise RewardResolutionError(f"reward.functions: {err}") from None
-    if rows is not None and len(rows):
-        have = set(rows[0])
-        for spec, fn in zip(config.reward.functions, functions):
-            missing = [c for c in required_columns(fn) if c not in have]
-            if missing:
-                raise ConfigError(
-                    f"reward function {spec!r} needs dataset column(s) {missing}, which the training rows lack "
-                    f"(they have {sorted(have)}): add the column, or drop that function from reward.functions"
-                )
-    if config.rollout.backend == "vllm":
-        from actors.engines.vllm_engine import require_supported_vllm
-
-        try:
-            require_supported_vllm()
-        except RuntimeError as err:
-            raise ConfigError(str(err)) from None
-    check_train_backend(config)
-    check_quantization(config)
-    if check_model:
-        check_model_path(config.model)
-    return check_output_dir(config)
-
-
-def check_train_backend(config: TrainConfig) -> None:
-    """A DeepSpeed learner needs DeepSpeed importable here (the learners import it on their nodes)."""
-    backend = config.batch.train_backend
-    if backend == "plain":
-        return
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError as err:
-        raise ConfigError(
-            f"batch.train_backend={backend!r} needs DeepSpeed, which does not import here ({err}): "
-            "pip install -e '.[gpu]' (or set batch.train_backend='plain')"
-        ) from None
-
-
-def check_quantization(config: TrainConfig) -> None:
-    """``model.load_in_4bit`` needs bitsandbytes (a GPU extra), imported only to check it is there."""
-    if not config.model.load_in_4bit:
-        return
-    from importlib.util import find_spec
-
-    if find_spec("bitsandbytes") is None:
-        raise ConfigError(
-            "model.load_in_4bit=true needs bitsandbytes, which is not installed: pip install -e '.[gpu]' "
-            "(or set model.load_in_4bit=false)"
-        )
-
-
-def check_model_path(model: ModelConfig) -> None:
-    """``model.name_or_path`` names a local checkpoint directory, or a hub id that loads."""
-    from transformers import AutoConfig
-
-    name = model.name_or_path
-    flag = f"model.name_or_path={name!r}"
-    if not name:
-        raise ConfigError("model.name_or_path is empty: give a checkpoint directory or hub id (--model.name_or_path PATH)")
-    path = Path(name).expanduser()
-    if not path.exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
-        raise ConfigError(f"{flag}: no such directory; give a checkpoint directory (one with config.json) or a hub id")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise ConfigError(f"{flag}: the directory has no config.json; give the directory save_pretrained wrote")
-    try:
-        AutoConfig.from_pretrained(name, trust_remote_code=model.trust_remote_code)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        where = "a local directory" if path.is_dir() else "not a local directory, and as a hub id"
-        raise ConfigError(f"{flag} does not load ({where}: {first}); give a checkpoint directory or a reachable hub id") from None
-
-
-def check_output_dir(config: TrainConfig) -> Path | None:
-    """A fresh run needs an output directory without a run in it; a resumed one a checkpoint
-    whose config it matches. Returns the checkpoint to resume from (or None)."""
-    out = Path(config.run.output_dir)
-    if config.run.resume is None:
-        found = existing_run(out)
-        if found:
-            raise ConfigError(
-                f"run.output_dir={str(out)!r} already holds a run ({', '.join(found[:4])}): continue it with "
-                "--run.resume latest, or give a new --run.output_dir (or delete that directory)"
-            )
-        return None
-    path = resolve_resume(config.run.resume, out)
-    check_resume_compatible(config_from_dict(read_trainer_state(path)["config"]), config, path)
-    return path
-
-
 # -- the trainer ---------------------------------------------------------------------------------
 
 
 class GRPOTrainer:
     """Owns the actors of one run; ``run()`` is the loop."""
 
-    def __init__(self, config: TrainConfig, train_rows: Sequence[dict[str, Any]]):
+    def __init__(self, config: TrainConfig, train_rows: Sequence[dict[str, Any]], checked: Checked | None = None):
+        """``checked``: what :mod:`grpo_ray.startup` proved about ``config`` (the command line's
+        start-up); without it the trainer runs :func:`grpo_ray.startup.preflight` itself."""
         import ray
 
         self.config = config
-        resume_from = preflight(config, train_rows)
+        if checked is not None and checked.config != config:
+            raise ValueError("GRPOTrainer: `checked` was made for another config; pass the config it holds")
+        resume_from = (checked or preflight(config, train_rows)).resume_from
         self.sampler = PromptSampler(train_rows, seed=config.run.seed)
         b = config.batch
         self.plan = describe_cycle(
@@ -225,13 +120,25 @@ class GRPOTrainer:
         )
         print(self.plan.describe(), flush=True)
         self._owns_ray = not ray.is_initialized()
-        connect(config)
-        self.actors: Actors = place_actors(config)
         self._closed = False
+        self.actors: Actors | None = None
         self._stop_signal: int | None = None
         self._saved_step: int | None = None
         self.state = TrainerState()
         self.resumed_from = resume_from
+        try:
+            self._start(resume_from)
+        except BaseException:  # Ctrl-C or a failure while the actors start: leave nothing running
+            self.shutdown()
+            raise
+
+    def _start(self, resume_from: Path | None) -> None:
+        """Start Ray (or join it), the actors and the weight sync; restore a checkpoint to resume."""
+        import ray
+
+        config = self.config
+        connect(config)
+        self.actors = place_actors(config)
         self.reward_names: list[str] = ray.get(self.actors.reward_workers[0].names.remote())
         self.weight_sync = make_weight_sync(config, self.actors)
         if resume_from is not None:
@@ -588,12 +495,13 @@ class GRPOTrainer:
         if self._closed:
             return
         self._closed = True
-        try:
-            ray.get([w.close.remote() for w in self.actors.reward_workers], timeout=30)
-        except (ray.exceptions.RayError, TimeoutError) as err:
-            log.warning("a reward worker did not close cleanly: %s", err)
-        for handle in self.actors.unique():
-            ray.kill(handle)
-        ray.util.remove_placement_group(self.actors.placement_group)
-        if self._owns_ray:
+        if self.actors is not None:
+            try:
+                ray.get([w.close.remote() for w in self.actors.reward_workers], timeout=30)
+            except (ray.exceptions.RayError, TimeoutError) as err:
+                log.warning("a reward worker did not close cleanly: %s", err)
+            for handle in self.actors.unique():
+                ray.kill(handle)
+            ray.util.remove_placement_group(self.actors.placement_group)
+        if self._owns_ray and ray.is_initialized():
             ray.shutdown()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import random
 import sys
 from pathlib import Path
@@ -26,7 +25,9 @@ from grpo_ray.config import (
     BatchConfig, DataConfig, EvalConfig, ExportConfig, GenerationConfig, GRPOConfig, LoraConfig, ModelConfig,
     OptimConfig, RewardConfig, RolloutConfig, RunConfig, SFTConfig, TrainConfig,
 )
-from grpo_ray.train import train, with_model
+from grpo_ray.startup import with_model
+from grpo_ray.tracking import quiet_console
+from grpo_ray.train import train
 from recipes.tiny_model import build_char_tokenizer, build_tiny_model, save_checkpoint
 
 ALPHABET = "0123456789+="
@@ -90,10 +91,13 @@ def make(config: TrainConfig) -> TrainConfig:
     return config
 
 
+PROG = "python -m recipes.arith"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = parse_config(argv, base=DEFAULTS, description=__doc__)
-    with user_errors("python -m recipes.arith"):
+    quiet_console()
+    config = parse_config(argv, base=DEFAULTS, description=__doc__, prog=PROG)
+    with user_errors(PROG, config.run.output_dir):
         return train(config, make=make)
 
 

@@ -10,9 +10,8 @@ tags, a short SFT warm-up that teaches the format, GRPO with the chosen seed rew
 pass@1 with the math verifier (before, every eval.steps steps, at the end), metrics.jsonl, a PNG,
 checkpoints, the LoRA adapter and a merged 16-bit model (GGUF with --export.gguf q8_0).
 
-Recipe flags: --tiny [mini|qwen2.5-0.5b] (a model and BPE tokenizer made on the spot, the GSM8K
-sample shipped in recipes/data/gsm8k_sample unless --data.dataset is given, small knobs),
---reward-set qwen3|gsm8k, --eval-limit N (= --eval.limit N). Every other flag is a knob.
+Recipe flags: --tiny [mini|qwen2.5-0.5b], --reward-set qwen3|gsm8k, --eval-limit N (the "recipe"
+group below); every other flag is a knob. With --tiny, --help shows the --tiny defaults.
 """
 
 from __future__ import annotations
@@ -21,19 +20,21 @@ import argparse
 import dataclasses
 import functools
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from grpo_ray.cli import parse_config, user_errors
+from grpo_ray.cli import parse_command, user_errors
 from grpo_ray.config import (
     BatchConfig, DataConfig, EvalConfig, ExportConfig, GenerationConfig, GRPOConfig, LoraConfig, ModelConfig,
     OptimConfig, RewardConfig, RunConfig, SFTConfig, TrainConfig,
 )
 from grpo_ray.prompting import answer_format
-from grpo_ray.train import train, with_model
+from grpo_ray.startup import with_model
+from grpo_ray.tracking import quiet_console
+from grpo_ray.train import train
 
+PROG = "python -m recipes.gsm8k"
 SAMPLE = Path(__file__).resolve().parent / "data" / "gsm8k_sample"
 HINT = ", or run the whole pipeline on CPU with --tiny"
 
@@ -88,20 +89,35 @@ def build_tiny_checkpoint(path: Path, shape: str, seed: int) -> Path:
     return random_checkpoint(shape, path, seed=seed, tokenizer=build_bpe_tokenizer(texts, vocab_size=8192))
 
 
-def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, TrainConfig]:
-    """Recipe flags first, then every knob on top of the preset they pick."""
-    recipe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    recipe.add_argument("--tiny", nargs="?", const="mini", choices=("mini", "qwen2.5-0.5b"))
-    recipe.add_argument("--reward-set", choices=("qwen3", "gsm8k"), default="qwen3")
-    recipe.add_argument("--eval-limit", type=int)
-    args, rest = recipe.parse_known_args(argv)
-    base = with_sections(DEFAULTS, {"data": {"format": args.reward_set},
-                                    "reward": {"functions": answer_format(args.reward_set).reward_functions}})
+def recipe_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tiny", nargs="?", const="mini", choices=("mini", "qwen2.5-0.5b"),
+        help="Make a random-weight model of that shape (mini: 64-dim, 2 layers; qwen2.5-0.5b: Qwen2.5-0.5B's layer "
+        "sizes) and a BPE tokenizer on the spot, train on the shipped GSM8K sample unless --data.dataset is given, "
+        "with small knobs: the whole pipeline on a CPU in about a minute.",
+    )
+    parser.add_argument(
+        "--reward-set", choices=("qwen3", "gsm8k"), default="qwen3",
+        help="The Qwen3 tutorial's tags and four rewards (qwen3, the default) or Unsloth's GSM8K set "
+        "(<reasoning>/<answer>, five rewards); sets data.format and reward.functions.",
+    )
+    parser.add_argument("--eval-limit", type=int, metavar="N", help="Eval questions: eval.limit N (as its default, so --eval.limit and --config still win).")
+
+
+def preset(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    """The defaults the recipe's flags pick (what --help then shows)."""
+    base = with_sections(base, {"data": {"format": args.reward_set},
+                                "reward": {"functions": answer_format(args.reward_set).reward_functions}})
     if args.tiny:
         base = with_sections(base, TINY)
     if args.eval_limit is not None:
-        rest = [*rest, "--eval.limit", str(args.eval_limit)]
-    return args, parse_config(rest, base=base, description=__doc__)
+        base = with_sections(base, {"eval": {"limit": args.eval_limit}})
+    return base
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, TrainConfig]:
+    """Recipe flags first (they pick the preset), then every knob on top of it."""
+    return parse_command(argv, base=DEFAULTS, description=__doc__, prog=PROG, recipe_flags=recipe_flags, preset=preset)
 
 
 def make_tiny(config: TrainConfig, shape: str) -> TrainConfig:
@@ -114,10 +130,10 @@ def make_tiny(config: TrainConfig, shape: str) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    quiet_console()
     args, config = parse(list(sys.argv[1:] if argv is None else argv))
     make = functools.partial(make_tiny, shape=args.tiny) if args.tiny and not config.model.name_or_path else None
-    with user_errors("python -m recipes.gsm8k"):
+    with user_errors(PROG, config.run.output_dir):
         return train(config, hint=HINT, make=make)
 
 

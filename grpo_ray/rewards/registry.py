@@ -19,6 +19,7 @@ one score per completion, ``None`` meaning "does not apply" (skipped in the weig
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from typing import Any, Callable
@@ -83,8 +84,10 @@ def resolve(spec: str) -> RewardFn:
         return _import(spec)
     _load_builtins()
     if spec not in _REGISTRY:
+        close = difflib.get_close_matches(spec, list(_REGISTRY), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise RewardResolutionError(
-            f"reward function {spec!r} is not registered; registered names: {', '.join(sorted(_REGISTRY))}; "
+            f"reward function {spec!r} is not registered; {hint}registered names: {', '.join(sorted(_REGISTRY))}; "
             "or give an import path 'package.module:function', 'http://host:port/path' or 'actor://namespace/name'"
         )
     return _REGISTRY[spec]
@@ -100,7 +103,9 @@ def _import(spec: str) -> RewardFn:
         raise RewardResolutionError(f"reward function {spec!r}: cannot import module {module_name!r}: {exc}") from exc
     for part in attr_path.split("."):
         if not hasattr(obj, part):
-            raise RewardResolutionError(f"reward function {spec!r}: {obj!r} has no attribute {part!r}")
+            close = difflib.get_close_matches(part, [n for n in dir(obj) if not n.startswith("_")], n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise RewardResolutionError(f"reward function {spec!r}: {obj!r} has no attribute {part!r}{hint}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise RewardResolutionError(f"reward function {spec!r}: {obj!r} is not callable")

@@ -46,7 +46,7 @@ def test_names_and_scores_in_process(fixtures_importable, caplog):
 
 
 def test_bad_function_fails_at_construction_naming_it():
-    with pytest.raises(RewardResolutionError, match="'gsm8k_corectness' is not registered; registered names: "):
+    with pytest.raises(RewardResolutionError, match=r"'gsm8k_corectness' is not registered; did you mean 'gsm8k_correctness'\? registered names: "):
         RewardWorker(RewardConfig(functions=("math", "gsm8k_corectness")))
 
 

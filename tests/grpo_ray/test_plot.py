@@ -1,4 +1,4 @@
-"""The run plot: `python -m grpo_ray.plot metrics.jsonl` writes a PNG with the four panels."""
+"""The run plot: `python -m grpo_ray.plot metrics.jsonl` writes a PNG of what a user looks at first."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_ray.plot import MISSING, panels, plot_run, read_log, series
+from grpo_ray.plot import MISSING, draw, panels, plot_run, read_log, series
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,8 +25,27 @@ def write_log(path: Path) -> Path:
 
 def test_panels_and_series(tmp_path):
     records = read_log(write_log(tmp_path / "m.jsonl"))
-    assert panels(records)[0] == ("reward (total and per function)", ["reward", "rewards/a", "rewards/b"])
+    shown = panels(records)
+    assert [p.keys for p in shown] == [["reward"], ["rewards/a", "rewards/b"], ["eval/accuracy"], ["completion_length"], ["kl"]]
     assert series(records, "eval/accuracy") == ([0, 5], [0.1, 0.3])
+
+
+def test_what_the_figure_shows(tmp_path):
+    records = [r for r in read_log(write_log(tmp_path / "m.jsonl"))]
+    no_kl = [{k: v for k, v in r.items() if k != "kl"} for r in records]  # grpo.beta = 0 logs none
+    fig = draw(no_kl)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    titles = [ax.get_title() for ax in axes]
+    assert len(axes) == 4 and not any("KL" in t for t in titles)  # no empty KL panel
+    total, per_function, accuracy, length = axes
+    assert [line.get_label() for line in total.get_lines()] == ["reward"]  # the total has a panel of its own
+    assert [line.get_label() for line in per_function.get_lines()] == ["a", "b"]
+    assert list(accuracy.get_lines()[0].get_ydata()) == pytest.approx([10.0, 30.0])  # % as the console prints
+    assert accuracy.get_ylim() == (0, 100) and accuracy.yaxis.get_major_formatter()(30, 0) == "30%"
+    assert length.get_ylim()[0] == 0  # from zero: 31 -> 35 tokens is not drawn as a swing
+    for ax in axes:
+        assert all(float(t).is_integer() for t in ax.get_xticks())  # whole optimizer steps
+    assert len([ax for ax in draw(records).axes if ax.get_visible()]) == 5  # KL when the log has it
 
 
 def test_command_line_writes_a_png(tmp_path):

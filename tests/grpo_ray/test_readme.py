@@ -42,16 +42,24 @@ def test_snippets_left_out_say_why_and_are_few():
     skipped = [why for why, _, _ in snippets() if why is not None]
     assert all(why.strip() for why in skipped)
     assert len(skipped) <= 6, skipped  # install + suite, GPU, the arith recipe and its resume, the two cluster commands
+    from tests.support.tiny import GSM8K_TINY
+
+    assert [code.strip() for why, _, code in snippets() if why is None][0] == GSM8K_TINY  # gsm8k_tiny_run is the first
     assert len(snippets()) - len(skipped) >= 4  # tiny GSM8K, plot, own data, library use
 
 
 @pytest.mark.slow
-def test_every_readme_snippet_runs_as_written(tmp_path):
-    """In order, in one fresh directory, as a new user would (later snippets use earlier outputs)."""
+def test_every_readme_snippet_runs_as_written(gsm8k_tiny_run):
+    """In order, in one fresh directory, as a new user would (later snippets use earlier outputs).
+    The quick start's command is the session's ``gsm8k_tiny_run`` (tests/conftest.py): the same
+    command in a fresh directory, run once for this test and the recipe's."""
+    from tests.support.tiny import GSM8K_TINY
+
+    tmp_path, _ = gsm8k_tiny_run  # it ran (and succeeded) there, the directory's first command
     root = str(README.parent)
     env = os.environ | {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for why, lang, code in snippets():
-        if why is not None:
+        if why is not None or code.strip() == GSM8K_TINY:
             continue
         cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -13,7 +13,8 @@ from grpo_ray.checkpoint import LEARNER_STATE, TRAINER_STATE
 from grpo_ray.cli import config_to_dict
 from grpo_ray.config import ConfigError
 from grpo_ray.rewards import RewardResolutionError
-from grpo_ray.trainer import GRPOTrainer, preflight
+from grpo_ray.startup import preflight
+from grpo_ray.trainer import GRPOTrainer
 from tests.support.tiny import tiny_config
 
 ROWS = [{"prompt": "1+2="}, {"prompt": "3+4="}]
@@ -56,7 +57,7 @@ def test_a_reward_needing_a_column_the_rows_lack_is_named(checkpoint, tmp_path):
 
 def test_a_second_run_into_the_same_output_dir_is_refused_unless_it_resumes(checkpoint, tmp_path):
     config = tiny_config(checkpoint, tmp_path)
-    assert preflight(config, ROWS) is None
+    assert preflight(config, ROWS).resume_from is None
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(ConfigError, match=r"already holds a run \(metrics.jsonl\): continue it with --run.resume latest"):
         preflight(config, ROWS)
@@ -67,7 +68,7 @@ def test_a_second_run_into_the_same_output_dir_is_refused_unless_it_resumes(chec
     saved.mkdir()
     (saved / LEARNER_STATE).write_bytes(b"")
     (saved / TRAINER_STATE).write_text(json.dumps({"state": {"step": 2}, "config": config_to_dict(config)}))
-    assert preflight(resuming, ROWS) == saved
+    assert preflight(resuming, ROWS).resume_from == saved
     other_rank = dataclasses.replace(resuming, lora=dataclasses.replace(resuming.lora, r=8))
     with pytest.raises(ConfigError, match=r"cannot resume from .*checkpoint-2: the config changes lora.r \(checkpoint 4, now 8\)"):
         preflight(other_rank, ROWS)

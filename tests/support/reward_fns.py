@@ -35,3 +35,8 @@ def flat_infinite_huge(prompts: Sequence[Any], completions: Sequence[Any], **_: 
     scores[:4] = [1.0] * 4
     scores[4] = float("inf")
     return scores
+
+
+def one_score_short(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+    """Breaks the reward contract: one score fewer than there are completions."""
+    return [0.0] * (len(completions) - 1)

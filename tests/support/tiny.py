@@ -12,6 +12,11 @@ from grpo_ray.config import (
 from recipes.tiny_model import build_char_tokenizer, build_tiny_model, save_checkpoint
 
 
+#: The README's quick start, run once per session by the ``gsm8k_tiny_run`` fixture and shared by
+#: the tests that need a finished --tiny run (the recipe's tests and the README snippets).
+GSM8K_TINY = "python -m recipes.gsm8k --tiny"
+
+
 def tiny_checkpoint(path: Path) -> Path:
     tokenizer = build_char_tokenizer("0123456789+=ab")
     return save_checkpoint(build_tiny_model(tokenizer, hidden_size=32, num_layers=2, seed=0), tokenizer, path)

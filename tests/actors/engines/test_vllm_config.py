@@ -66,7 +66,7 @@ def test_preflight_refuses_vllm_before_any_actor_starts(tmp_path, monkeypatch):
 
     import ray
 
-    from grpo_ray.trainer import preflight
+    from grpo_ray.startup import preflight
     from tests.support.tiny import tiny_checkpoint, tiny_config
 
     monkeypatch.setattr(metadata, "version", lambda name: "0.9.9")

@@ -25,7 +25,7 @@ def test_resolve_names_import_paths_and_remote_uris():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("gsm8k_corectness", r"'gsm8k_corectness' is not registered; registered names: code, gsm8k_correctness"),
+    ("gsm8k_corectness", r"'gsm8k_corectness' is not registered; did you mean 'gsm8k_correctness'\? registered names: code, gsm8k_correctness"),
     ("no.such.module:f", "cannot import module 'no.such.module'"),
     ("grpo_ray.rewards.math:nothing", "has no attribute 'nothing'"),
     ("grpo_ray.rewards.math:MAX_ANSWER_CHARS", "is not callable"),
