@@ -255,6 +255,22 @@ class DeepSpeedBackend:
                              "by another batch.train_backend")
 
 
+#: Parameter dtypes torch's fused AdamW steps.
+FUSED_ADAMW_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def fused_adamw(params: list[torch.Tensor], train_backend: str) -> bool:
+    """Whether the learner's AdamW runs fused (one kernel launch per step over all parameters,
+    instead of a few per parameter group and dtype): where every trainable parameter is a
+    floating CUDA tensor and the plain backend steps them. DeepSpeed swaps the optimizer's
+    parameter groups for its own flat partitions (on the CPU when offloaded), so it keeps
+    torch's default there."""
+    return (
+        train_backend == "plain" and bool(params)
+        and all(p.device.type == "cuda" and p.dtype in FUSED_ADAMW_DTYPES for p in params)
+    )
+
+
 def make_backend(
     config: TrainConfig, score: CompletionLogprobs, optimizer: torch.optim.Optimizer, rank: int
 ) -> PlainBackend | DeepSpeedBackend:

@@ -27,34 +27,48 @@ import torch
 from grpo_ray.config import GRPOConfig
 
 Metrics = dict[str, torch.Tensor]
+Count = torch.Tensor | float  # a token count: a 0-dim tensor, or a float known on the host
 
 
 # --- loss_type normalisers ------------------------------------------------------------------
 
 
-def _reduce_grpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+# Each reducer sees the per-token losses of a micro-batch, or of a slice of its rows: ``rows``
+# and ``tokens`` are then the whole micro-batch's rows and (>= 1) loss-mask tokens, and the
+# slices' losses sum to the micro-batch's.
+
+
+def _reduce_grpo(
+    per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor, rows: int, tokens: Count
+) -> torch.Tensor:
     """GRPO (Shao et al. 2024, arXiv:2402.03300, eq. 3): mean over each sequence's tokens,
     then mean over sequences. Shorter completions weigh more per token (length bias)."""
-    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / rows
 
 
-def _reduce_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+def _reduce_dr_grpo(
+    per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor, rows: int, tokens: Count
+) -> torch.Tensor:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv:2503.20783):
     sum over tokens divided by the constant B x max_completion_length, removing length bias."""
-    return (per_token * mask).sum() / (per_token.size(0) * config.max_completion_length)
+    return (per_token * mask).sum() / (rows * config.max_completion_length)
 
 
-def _reduce_dapo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+def _reduce_dapo(
+    per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor, rows: int, tokens: Count
+) -> torch.Tensor:
     """DAPO (Yu et al. 2025, arXiv:2503.14476, token-level policy gradient loss): sum over
     tokens divided by the number of completion tokens in the whole generation batch, so every
     token of the batch weighs the same whatever micro-batch it lands in."""
     return (per_token * mask).sum() / num_items
 
 
-def _reduce_bnpo(per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor) -> torch.Tensor:
+def _reduce_bnpo(
+    per_token: torch.Tensor, mask: torch.Tensor, config: GRPOConfig, num_items: torch.Tensor, rows: int, tokens: Count
+) -> torch.Tensor:
     """BNPO (batch-normalised policy optimisation, as in TRL): sum over tokens divided by the
     number of completion tokens of this local micro-batch only."""
-    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    return (per_token * mask).sum() / tokens
 
 
 LOSS_REDUCERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -68,11 +82,20 @@ LOSS_REDUCERS: dict[str, Callable[..., torch.Tensor]] = {
 # --- the loss ---------------------------------------------------------------------------------
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over unmasked tokens; a ``[B, 1]`` (sequence-level) tensor is averaged plainly."""
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor, rows: int, tokens: Count) -> torch.Tensor:
+    """Mean over the micro-batch's ``tokens`` unmasked tokens; a ``[B, 1]`` (sequence-level)
+    tensor is averaged over its ``rows``. (On a slice of the micro-batch: the slice's share.)"""
     if x.shape[1] == 1:
-        return x.mean()
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+        return x.sum() / rows
+    return (x * mask).sum() / tokens
+
+
+def needs_whole_micro_batch(config: GRPOConfig) -> bool:
+    """True when the loss needs a statistic of a whole micro-batch's logprobs or entropies
+    (a quantile threshold, say), so that it cannot be computed on slices of its rows with
+    ``micro_batch_rows`` / ``micro_batch_tokens``; the learner then runs whole micro-batches.
+    Every loss here sums over rows and tokens, so none does."""
+    return False
 
 
 def importance_log_weights(
@@ -110,8 +133,10 @@ def grpo_loss(
     gradient_accumulation_steps: int = 1,
     steps_per_generation: int = 1,
     num_processes: int = 1,
+    micro_batch_rows: int | None = None,
+    micro_batch_tokens: Count | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
-    """The GRPO loss of one micro-batch and its metrics.
+    """The GRPO loss of one micro-batch (or of a slice of its rows) and its metrics.
 
     Args:
         logps: ``[B, T]`` log-probabilities of the completion tokens under the policy (with grad).
@@ -131,6 +156,12 @@ def grpo_loss(
             accumulation steps. dapo's normaliser, which counts the whole generation batch, is
             rescaled to one accumulation window: ``num_items / num_processes x
             gradient_accumulation_steps / steps_per_generation`` (DDP averages gradients).
+        micro_batch_rows, micro_batch_tokens: when ``logps`` holds a slice of the rows of a
+            micro-batch (the learner's execution batches), that micro-batch's rows and
+            loss-mask tokens (``mask.sum()`` over all its rows; a host float or a 0-dim
+            tensor). Every normaliser then is the micro-batch's, so the loss and each metric
+            are the slice's share: summed over the slices, they are the micro-batch's loss
+            and metrics. None = the slice's own ``B`` and ``mask.sum()``.
 
     Returns:
         ``(loss, metrics)``; metrics are detached 0-dim tensors: ``clip_ratio/low_mean``,
@@ -144,6 +175,11 @@ def grpo_loss(
     if config.beta != 0.0 and ref_logps is None:
         raise ValueError("config.beta > 0 needs ref_logps (the reference policy's logprobs)")
     mask = mask.to(logps.dtype)
+    rows = logps.shape[0] if micro_batch_rows is None else micro_batch_rows
+    if micro_batch_tokens is None:
+        tokens: Count = mask.sum().clamp(min=1.0)
+    else:
+        tokens = micro_batch_tokens.clamp(min=1.0) if torch.is_tensor(micro_batch_tokens) else max(micro_batch_tokens, 1.0)
     if old_logps is None:
         old_logps = logps.detach()
     adv = advantages.unsqueeze(1)  # [B, 1]
@@ -159,29 +195,28 @@ def grpo_loss(
     if sampling_logps is not None and config.vllm_importance_sampling_correction:
         is_ratio = truncated_importance_weights(old_logps, sampling_logps, config.vllm_importance_sampling_cap)
         per_token = per_token * is_ratio
-        metrics["is_ratio_mean"] = _masked_mean(is_ratio, mask).detach()
+        metrics["is_ratio_mean"] = _masked_mean(is_ratio, mask, rows, tokens).detach()
     if config.beta != 0.0:
         delta_ref = ref_logps - logps
         per_token_kl = torch.exp(delta_ref) - delta_ref - 1  # [B, T] k3 estimator
         per_token = per_token + config.beta * per_token_kl
-        metrics["kl"] = _masked_mean(per_token_kl, mask).detach()
+        metrics["kl"] = _masked_mean(per_token_kl, mask, rows, tokens).detach()
 
-    if num_items_in_batch is None:
-        num_items = mask.sum()
-    else:
-        num_items = torch.as_tensor(num_items_in_batch, dtype=logps.dtype, device=logps.device)
+    if num_items_in_batch is None:  # no batch count given: the micro-batch's tokens
+        num_items_in_batch = mask.sum() if micro_batch_tokens is None else micro_batch_tokens
+    num_items = torch.as_tensor(num_items_in_batch, dtype=logps.dtype, device=logps.device)
     num_items = num_items.clamp(min=1.0) / num_processes * gradient_accumulation_steps / steps_per_generation
-    loss = LOSS_REDUCERS[config.loss_type](per_token, mask, config, num_items)
+    loss = LOSS_REDUCERS[config.loss_type](per_token, mask, config, num_items, rows, tokens)
     if config.loss_type != "dapo":
         loss = loss / gradient_accumulation_steps
 
     is_low = (coef_1 < 1 - config.epsilon) & (adv < 0)
     is_high = (coef_1 > 1 + config.epsilon_high_value) & (adv > 0)
-    metrics["clip_ratio/low_mean"] = _masked_mean(is_low.to(logps.dtype), mask).detach()
-    metrics["clip_ratio/high_mean"] = _masked_mean(is_high.to(logps.dtype), mask).detach()
-    metrics["clip_ratio/region_mean"] = _masked_mean((is_low | is_high).to(logps.dtype), mask).detach()
+    metrics["clip_ratio/low_mean"] = _masked_mean(is_low.to(logps.dtype), mask, rows, tokens).detach()
+    metrics["clip_ratio/high_mean"] = _masked_mean(is_high.to(logps.dtype), mask, rows, tokens).detach()
+    metrics["clip_ratio/region_mean"] = _masked_mean((is_low | is_high).to(logps.dtype), mask, rows, tokens).detach()
     if entropies is not None:
-        metrics["entropy"] = _masked_mean(entropies.detach(), mask)
+        metrics["entropy"] = _masked_mean(entropies.detach(), mask, rows, tokens)
     return loss, metrics
 
 
