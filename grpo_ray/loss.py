@@ -82,11 +82,9 @@ LOSS_REDUCERS: dict[str, Callable[..., torch.Tensor]] = {
 # --- the loss ---------------------------------------------------------------------------------
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor, rows: int, tokens: Count) -> torch.Tensor:
-    """Mean over the micro-batch's ``tokens`` unmasked tokens; a ``[B, 1]`` (sequence-level)
-    tensor is averaged over its ``rows``. (On a slice of the micro-batch: the slice's share.)"""
-    if x.shape[1] == 1:
-        return x.sum() / rows
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor, tokens: Count) -> torch.Tensor:
+    """Mean of a per-token ``[B, T]`` tensor over the micro-batch's ``tokens`` unmasked tokens
+    (on a slice of the micro-batch: the slice's share). Per token also when ``T == 1``."""
     return (x * mask).sum() / tokens
 
 
@@ -195,12 +193,12 @@ def grpo_loss(
     if sampling_logps is not None and config.vllm_importance_sampling_correction:
         is_ratio = truncated_importance_weights(old_logps, sampling_logps, config.vllm_importance_sampling_cap)
         per_token = per_token * is_ratio
-        metrics["is_ratio_mean"] = _masked_mean(is_ratio, mask, rows, tokens).detach()
+        metrics["is_ratio_mean"] = _masked_mean(is_ratio, mask, tokens).detach()
     if config.beta != 0.0:
         delta_ref = ref_logps - logps
         per_token_kl = torch.exp(delta_ref) - delta_ref - 1  # [B, T] k3 estimator
         per_token = per_token + config.beta * per_token_kl
-        metrics["kl"] = _masked_mean(per_token_kl, mask, rows, tokens).detach()
+        metrics["kl"] = _masked_mean(per_token_kl, mask, tokens).detach()
 
     if num_items_in_batch is None:  # no batch count given: the micro-batch's tokens
         num_items_in_batch = mask.sum() if micro_batch_tokens is None else micro_batch_tokens
@@ -212,11 +210,15 @@ def grpo_loss(
 
     is_low = (coef_1 < 1 - config.epsilon) & (adv < 0)
     is_high = (coef_1 > 1 + config.epsilon_high_value) & (adv > 0)
-    metrics["clip_ratio/low_mean"] = _masked_mean(is_low.to(logps.dtype), mask, rows, tokens).detach()
-    metrics["clip_ratio/high_mean"] = _masked_mean(is_high.to(logps.dtype), mask, rows, tokens).detach()
-    metrics["clip_ratio/region_mean"] = _masked_mean((is_low | is_high).to(logps.dtype), mask, rows, tokens).detach()
+    def clipped_mean(flags: torch.Tensor) -> torch.Tensor:  # per token, or per sequence (GSPO's [B, 1] ratios)
+        flags = flags.to(logps.dtype)
+        return flags.sum() / rows if config.importance_sampling_level == "sequence" else _masked_mean(flags, mask, tokens)
+
+    metrics["clip_ratio/low_mean"] = clipped_mean(is_low).detach()
+    metrics["clip_ratio/high_mean"] = clipped_mean(is_high).detach()
+    metrics["clip_ratio/region_mean"] = clipped_mean(is_low | is_high).detach()
     if entropies is not None:
-        metrics["entropy"] = _masked_mean(entropies.detach(), mask, rows, tokens)
+        metrics["entropy"] = _masked_mean(entropies.detach(), mask, tokens)
     return loss, metrics
 
 
