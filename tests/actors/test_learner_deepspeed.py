@@ -26,14 +26,15 @@ LORA = False
 CLOSE = dict(rel=1e-4, abs=1e-6)
 
 
-def _config(checkpoint, out, backend, sync_backend="object_store", offload=False, **run):
+def _config(checkpoint, out, backend, sync_backend="object_store", offload=False, max_tokens=None, **run):
     """Full fine-tuning (ZeRO-3 then shards every weight); one optimizer step per cycle of 16 completions."""
     ranks = 1 if backend == "plain" else 2
     return tiny_config(
         checkpoint, out, lora={"enabled": LORA}, rollout={"num_workers": 1, "sync_backend": sync_backend},
         reward={"num_workers": 1},
         batch={"per_device_train_batch_size": 8 // ranks, "steps_per_generation": 2, "gradient_accumulation_steps": 2,
-               "num_processes": ranks, "train_backend": backend, "zero_offload_optimizer": offload},
+               "num_processes": ranks, "train_backend": backend, "zero_offload_optimizer": offload,
+               "max_tokens_per_forward": max_tokens},
         run={"max_steps": STEPS, "mode": "distributed"} | run,
     )
 
@@ -64,6 +65,12 @@ def reference(cluster, checkpoint, tmp_path_factory):
 
 def test_two_zero2_ranks_with_the_optimizer_offloaded_match_one_plain_process(checkpoint, reference, tmp_path):
     _assert_same_steps(_train(_config(checkpoint, tmp_path, "deepspeed_zero2", offload=True)), reference)
+
+
+def test_zero2_ranks_in_execution_batches_match_one_plain_process(checkpoint, reference, tmp_path):
+    """Forwards of a few rows each, crossing the micro-steps of an accumulation window: DeepSpeed
+    accumulates over all of them and reduces at the window's last one (the boundary)."""
+    _assert_same_steps(_train(_config(checkpoint, tmp_path, "deepspeed_zero2", max_tokens=16)), reference)
 
 
 def test_two_zero3_ranks_match_one_plain_process_save_full_weights_and_resume(checkpoint, reference, tmp_path):
