@@ -17,6 +17,7 @@ from actors.train_backends import fused_adamw, make_backend
 from grpo_ray import collective
 from grpo_ray.batching import (
     Forward, accumulation_windows, forward_token_budget, plan_forwards, plan_generation_cycle, rank_rows,
+    split_forwards,
 )
 from grpo_ray.checkpoint import LEARNER_STATE
 from grpo_ray.config import TrainConfig
@@ -287,10 +288,13 @@ class Learner:
             c.batch.max_tokens_per_forward, rows.device.type == "cuda", c.batch.per_device_train_batch_size,
             c.grpo.max_prompt_length or rows.batch.prompt_ids.shape[1], c.grpo.max_completion_length,
         )
-        forwards = plan_forwards(
-            micro_batches, rows.prompt_lengths, rows.completion_lengths, budget,
-            whole_micro_batches=needs_whole_micro_batch(c.grpo),
-        )
+        whole = needs_whole_micro_batch(c.grpo)
+        forwards = plan_forwards(micro_batches, rows.prompt_lengths, rows.completion_lengths, budget,
+                                 whole_micro_batches=whole)
+        if budget is not None and self.backend.communicates_per_forward and self.world_size > 1:
+            # the ranks' rows pack into different numbers of forwards: all run the most of any
+            forwards = split_forwards(forwards, self._most_over_ranks(len(forwards)), rows.prompt_lengths,
+                                      rows.completion_lengths, whole_micro_batches=whole)
         index = torch.tensor([r for f in forwards for r in f.rows]).to(rows.device)
         return list(zip(forwards, index.split([len(f.rows) for f in forwards])))
 
@@ -324,8 +328,8 @@ class Learner:
         """The logprobs the importance ratio divides by, or None when the detached current
         logprobs equal them: old ones are needed only if the weights move within one generation
         (TRL's rule)."""
-        c = self.config
-        needs_old = c.batch.gradient_accumulation_steps % (c.batch.steps_per_generation_value * c.grpo.num_iterations) != 0
+        b, g = self.config.batch, self.config.grpo
+        needs_old = b.gradient_accumulation_steps % (b.steps_per_generation_value * g.num_iterations) != 0
         return self._scores(rows) if needs_old else None
 
     # -- training --------------------------------------------------------------------------------
@@ -430,6 +434,14 @@ class Learner:
             "skipped": float(skipped),
         })
         return out
+
+    def _most_over_ranks(self, count: int) -> int:
+        """The largest ``count`` of any rank of the learner group (one small all-reduce)."""
+        import torch.distributed as dist
+
+        value = torch.tensor([count], device=self._device() if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return int(value.item())
 
     def _average_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
         """Logged metrics averaged over the learner group (each rank's loss carries TRL's

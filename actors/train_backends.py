@@ -52,6 +52,7 @@ class PlainBackend:
     dropped, weights and AdamW moments untouched)."""
 
     shards_weights = False
+    communicates_per_forward = False  # the ranks meet only at the optimizer step
 
     def __init__(self, config: TrainConfig, score: CompletionLogprobs, optimizer: torch.optim.Optimizer, rank: int):
         self.config, self.score, self.optimizer, self.rank = config, score, optimizer, rank
@@ -168,6 +169,10 @@ class DeepSpeedBackend:
     shards: :meth:`gathered` and :meth:`full_weights` gather them (a collective: every rank
     calls them, see :data:`EVERY_RANK`), and only rank 0 keeps a copy.
     """
+
+    #: ZeRO reduces gradients in every backward (ZeRO-3 also gathers weights in every forward):
+    #: every rank must run as many forwards and backwards as the others.
+    communicates_per_forward = True
 
     def __init__(self, config: TrainConfig, score: CompletionLogprobs, optimizer: torch.optim.Optimizer, rank: int):
         self.config, self.score, self.optimizer, self.rank = config, score, optimizer, rank

@@ -196,13 +196,17 @@ def profile_config(workdir: Path, smoke: bool, max_tokens_per_forward: int | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory for the tables, trace and summary.json")
-    parser.add_argument("--workdir", default="/tmp/colocate-bench", help="checkpoint and run directory (shared with colocate_bench)")
+    parser.add_argument("--workdir", default="/tmp/colocate-bench",
+                        help="checkpoint and run directory (shared with colocate_bench)")
     parser.add_argument("--smoke", action="store_true", help="CPU: hf engine, 2-layer model, toy batch")
     parser.add_argument("--warmup", type=int, default=1, help="unprofiled steps first (compile, allocator, autotuning)")
     parser.add_argument("--max-tokens-per-forward", type=int, default=None,
                         help="batch.max_tokens_per_forward (trees that have it); default: the config's (auto)")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak (H100/H200 SXM: 989)")
-    parser.add_argument("--trace-seconds", type=float, default=1.5, help="learner seconds kept in the chrome trace")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="the device's dense bf16 peak (H100/H200 SXM: 989)")
+    parser.add_argument("--trace-seconds", type=float, default=1.0,
+                        help="learner seconds kept in the chrome trace; 0: no trace (exporting a whole phase's "
+                             "events first takes a minute or two on the old, launch-bound learner)")
     parser.add_argument("--rows", type=int, default=60, help="rows of each key_averages table")
     args = parser.parse_args()
     out, workdir = Path(args.out), Path(args.workdir)
@@ -267,13 +271,14 @@ def main() -> None:
 
     rollout_counts = write_tables(rollout_prof, out, "rollout", args.rows)
     learner_counts = write_tables(learner_prof, out, "learner", args.rows)
-    raw = out / "learner_trace.json"
-    learner_prof.export_chrome_trace(str(raw))
-    trace = json.loads(raw.read_text())
-    trace["traceEvents"] = trim_trace(trace.get("traceEvents", []), args.trace_seconds)
-    with gzip.open(out / "learner_trace.json.gz", "wt") as f:
-        json.dump(trace, f)
-    raw.unlink()
+    if args.trace_seconds > 0:
+        raw = out / "learner_trace.json"
+        learner_prof.export_chrome_trace(str(raw))
+        trace = json.loads(raw.read_text())
+        trace["traceEvents"] = trim_trace(trace.get("traceEvents", []), args.trace_seconds)
+        with gzip.open(out / "learner_trace.json.gz", "wt") as f:
+            json.dump(trace, f)
+        raw.unlink()
 
     c = config
     lengths = list(zip(batch.prompt_mask.sum(1).tolist(), batch.completion_mask.sum(1).tolist()))

@@ -259,3 +259,32 @@ def forward_token_budget(
     if max_tokens_per_forward is not None:
         return max_tokens_per_forward
     return per_device_train_batch_size * (prompt_tokens + max_completion_length) if on_cuda else None
+
+
+def split_forwards(
+    forwards: list[Forward],
+    count: int,
+    prompt_lengths: list[int],
+    completion_lengths: list[int],
+    *,
+    whole_micro_batches: bool = False,
+) -> list[Forward]:
+    """``forwards`` cut until there are ``count`` of them, for ranks that must all run as many
+    (a train backend that communicates in every forward and backward): the forward of most
+    padded tokens that can be cut is split into two halves of its rows (of its micro-batches,
+    with ``whole_micro_batches``). Ranks holding equally many rows can always reach the count
+    of any other rank."""
+    forwards = list(forwards)
+    while len(forwards) < count:
+        cuttable = [i for i, f in enumerate(forwards) if len(f.slices if whole_micro_batches else f.rows) > 1]
+        if not cuttable:
+            raise ValueError(f"cannot cut {len(forwards)} forwards into {count}")
+        i = max(cuttable, key=lambda i: forwards[i].padded_tokens)
+        f = forwards[i]
+        items = [(s.micro_batch, f.rows[r]) for s in f.slices for r in range(s.start, s.stop)]
+        cut = f.slices[len(f.slices) // 2].start if whole_micro_batches else len(items) // 2
+        forwards[i : i + 1] = [
+            _forward(items[:cut], prompt_lengths, completion_lengths),
+            _forward(items[cut:], prompt_lengths, completion_lengths),
+        ]
+    return forwards

@@ -174,10 +174,8 @@ def grpo_loss(
         raise ValueError("config.beta > 0 needs ref_logps (the reference policy's logprobs)")
     mask = mask.to(logps.dtype)
     rows = logps.shape[0] if micro_batch_rows is None else micro_batch_rows
-    if micro_batch_tokens is None:
-        tokens: Count = mask.sum().clamp(min=1.0)
-    else:
-        tokens = micro_batch_tokens.clamp(min=1.0) if torch.is_tensor(micro_batch_tokens) else max(micro_batch_tokens, 1.0)
+    tokens: Count = mask.sum() if micro_batch_tokens is None else micro_batch_tokens
+    tokens = tokens.clamp(min=1.0) if torch.is_tensor(tokens) else max(tokens, 1.0)
     if old_logps is None:
         old_logps = logps.detach()
     adv = advantages.unsqueeze(1)  # [B, 1]
@@ -212,7 +210,9 @@ def grpo_loss(
     is_high = (coef_1 > 1 + config.epsilon_high_value) & (adv > 0)
     def clipped_mean(flags: torch.Tensor) -> torch.Tensor:  # per token, or per sequence (GSPO's [B, 1] ratios)
         flags = flags.to(logps.dtype)
-        return flags.sum() / rows if config.importance_sampling_level == "sequence" else _masked_mean(flags, mask, tokens)
+        if config.importance_sampling_level == "sequence":
+            return flags.sum() / rows
+        return _masked_mean(flags, mask, tokens)
 
     metrics["clip_ratio/low_mean"] = clipped_mean(is_low).detach()
     metrics["clip_ratio/high_mean"] = clipped_mean(is_high).detach()

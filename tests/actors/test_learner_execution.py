@@ -172,9 +172,11 @@ def test_chunked_execution_gives_the_micro_steps_gradients(checkpoint, tmp_path,
 def test_each_of_two_ranks_chunks_its_own_rows(checkpoint, tmp_path, batch, rank):
     """num_processes=2, per-device batch 4: each rank's share of the gradient (the all-reduce
     that averages them is the same for both paths), here with GSPO's sequence-level ratios."""
-    sequence_level = {"importance_sampling_level": "sequence"}
-    expected = micro_step_loop(_learner(_config(checkpoint, tmp_path, 0, "bnpo", rank=rank, grpo=sequence_level), rank), batch)
-    got = _train(_learner(_config(checkpoint, tmp_path, 24, "bnpo", rank=rank, grpo=sequence_level), rank), batch)
+    def config(budget):
+        return _config(checkpoint, tmp_path, budget, "bnpo", rank=rank, grpo={"importance_sampling_level": "sequence"})
+
+    expected = micro_step_loop(_learner(config(0), rank), batch)
+    got = _train(_learner(config(24), rank), batch)
     _assert_same_training(got, expected)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from grpo_ray.batching import (
     accumulation_windows, describe_cycle, forward_token_budget, plan_forwards, plan_generation_cycle, rank_rows,
+    split_forwards,
 )
 from grpo_ray.config import BatchConfig, GRPOConfig, TrainConfig
 
@@ -248,6 +249,22 @@ def test_whole_micro_batches_are_never_split(budget):
     for f in forwards:
         for s in f.slices:
             assert list(f.rows[s.start:s.stop]) == MICRO_BATCHES[s.micro_batch]
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_forwards_split_to_another_ranks_count(whole):
+    """DeepSpeed ranks must all run as many forwards: a rank that packed fewer cuts its largest."""
+    forwards = plan_forwards(MICRO_BATCHES, PROMPTS, COMPLETIONS, 1000, whole_micro_batches=whole)
+    assert len(forwards) == 1
+    for count in (2, 3, 5) if not whole else (2,):
+        split = split_forwards(forwards, count, PROMPTS, COMPLETIONS, whole_micro_batches=whole)
+        assert len(split) == count and _executed(split) == _executed(forwards)
+        for f in split:
+            assert f.prompt_width == max(1, *(PROMPTS[r] for r in f.rows))
+            if whole:
+                assert all(list(f.rows[s.start:s.stop]) == MICRO_BATCHES[s.micro_batch] for s in f.slices)
+    with pytest.raises(ValueError, match="cannot cut"):
+        split_forwards(forwards, 3 if whole else 9, PROMPTS, COMPLETIONS, whole_micro_batches=whole)
 
 
 def test_bad_budget_raises():
