@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO learners on CPU (DeepSpeed's CPU accelerator, gloo) through the real Ray loop.
 
-Two ZeRO ranks (ZeRO-2 with the optimizer offloaded to CPU memory, ZeRO-3) with half the
+Two ZeRO ranks (ZeRO-2 with the optimizer offloaded to CPU memory and its rows in the learner's
+execution batches, ZeRO-3) with half the
 per-rank batch must log the same per-step losses and gradient norms as one plain process with
 the same seed and global batch (both average gradients over ranks), pass the stale-weight guard after every sync (the engine's logprobs against the
 learner's: ZeRO-3 gathers its sharded weights for both), save a loadable checkpoint of full
@@ -63,14 +64,12 @@ def reference(cluster, checkpoint, tmp_path_factory):
     return history
 
 
-def test_two_zero2_ranks_with_the_optimizer_offloaded_match_one_plain_process(checkpoint, reference, tmp_path):
-    _assert_same_steps(_train(_config(checkpoint, tmp_path, "deepspeed_zero2", offload=True)), reference)
-
-
-def test_zero2_ranks_in_execution_batches_match_one_plain_process(checkpoint, reference, tmp_path):
-    """Forwards of a few rows each, crossing the micro-steps of an accumulation window: DeepSpeed
-    accumulates over all of them and reduces at the window's last one (the boundary)."""
-    _assert_same_steps(_train(_config(checkpoint, tmp_path, "deepspeed_zero2", max_tokens=16)), reference)
+def test_two_zero2_ranks_offloaded_in_execution_batches_match_one_plain_process(checkpoint, reference, tmp_path):
+    """ZeRO-2 with the optimizer offloaded, each rank's rows packed into forwards of a few rows
+    across the micro-steps of a window (batch.max_tokens_per_forward): ranks that pack different
+    numbers of forwards must agree on one, since ZeRO reduces in every backward."""
+    config = _config(checkpoint, tmp_path, "deepspeed_zero2", offload=True, max_tokens=16)
+    _assert_same_steps(_train(config), reference)
 
 
 def test_two_zero3_ranks_match_one_plain_process_save_full_weights_and_resume(checkpoint, reference, tmp_path):
