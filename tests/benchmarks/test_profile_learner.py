@@ -1,13 +1,11 @@
 """benchmarks/profile_learner.py: the FLOPs estimate behind the learner's MFU (by hand, and its
 weight count against a real model's), the trace trimming, and a CPU run end to end
-(``--smoke``), so the GPU lease does not die on a script bug."""
+(``--smoke``, in-process), so the GPU lease does not die on a script bug."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -65,14 +63,11 @@ def test_trim_trace_keeps_the_first_seconds_and_the_metadata(bench):
     assert bench.trim_trace(events, 1.0) == events[:3]
 
 
-def test_smoke_run_writes_tables_trace_and_summary(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "profile_learner.py"), "--smoke", "--out", str(tmp_path / "out"),
-         "--workdir", str(tmp_path / "work"), "--max-tokens-per-forward", "200", "--rows", "10", "--warmup", "0"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_smoke_run_writes_tables_trace_and_summary(bench, tmp_path, monkeypatch):
+    argv = ["profile_learner.py", "--smoke", "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "work"),
+            "--max-tokens-per-forward", "200", "--rows", "10", "--warmup", "0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tree"] == str(ROOT) and summary["max_tokens_per_forward"] == 200
