@@ -64,6 +64,23 @@ class _Targets:
         return self.mask, self.old, self.ref
 
 
+@dataclass
+class _Seen:
+    """The detached logprobs and entropies of a window's rows, as its forwards compute them."""
+
+    logps: torch.Tensor  # [n, T]
+    entropy: torch.Tensor  # [n, T]
+
+    @staticmethod
+    def like(per_token: torch.Tensor, dtype: torch.dtype) -> "_Seen":
+        return _Seen(torch.zeros_like(per_token, dtype=dtype), torch.zeros_like(per_token, dtype=dtype))
+
+    def keep(self, index: torch.Tensor, logps: torch.Tensor, entropy: torch.Tensor) -> None:
+        t = logps.shape[1]
+        self.logps[:, :t].index_copy_(0, index, logps.detach().to(self.logps.dtype))
+        self.entropy[:, :t].index_copy_(0, index, entropy.to(self.entropy.dtype))
+
+
 def _take(batch: RolloutBatch, forward: Forward, index: torch.Tensor) -> RolloutBatch:
     """``forward``'s rows of every per-row tensor of ``batch``; ``index``: those rows, on the
     batch's device (a gather there: no host sync)."""
@@ -279,10 +296,12 @@ class Learner:
         logps = logps.masked_fill(completion_mask == 0, 0.0)
         return (logps, entropy) if with_entropy else logps
 
-    def _forwards(self, micro_batches: list[list[int]], rows: _Rows) -> list[tuple[Forward, torch.Tensor]]:
+    def _forwards(
+        self, micro_batches: list[list[int]], rows: _Rows
+    ) -> tuple[list[tuple[Forward, torch.Tensor]], list[torch.Tensor]]:
         """How to execute ``micro_batches`` (positions in ``rows``; one accumulation window):
         the forwards of ``batch.max_tokens_per_forward``, each with its rows' index on the
-        device (one host-to-device copy for all of them)."""
+        device, and each micro-batch's rows on the device (one host-to-device copy for all)."""
         c = self.config
         budget = forward_token_budget(
             c.batch.max_tokens_per_forward, rows.device.type == "cuda", c.batch.per_device_train_batch_size,
@@ -295,8 +314,9 @@ class Learner:
             # the ranks' rows pack into different numbers of forwards: all run the most of any
             forwards = split_forwards(forwards, self._most_over_ranks(len(forwards)), rows.prompt_lengths,
                                       rows.completion_lengths, whole_micro_batches=whole)
-        index = torch.tensor([r for f in forwards for r in f.rows]).to(rows.device)
-        return list(zip(forwards, index.split([len(f.rows) for f in forwards])))
+        runs = [f.rows for f in forwards] + micro_batches
+        index = torch.tensor([r for run in runs for r in run]).to(rows.device).split([len(run) for run in runs])
+        return list(zip(forwards, index[: len(forwards)])), list(index[len(forwards) :])
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, *, reference: bool = False) -> torch.Tensor:
@@ -309,10 +329,10 @@ class Learner:
         """:meth:`logprobs` of ``rows``, left on the device: ``per_device_train_batch_size`` rows
         at a time, or packed into the forwards of the token budget."""
         batch, b = rows.batch, self.config.batch.per_device_train_batch_size
-        dtype = torch.promote_types(next(self.policy.parameters()).dtype, torch.float32)
+        dtype = self._logp_dtype()
         out = torch.zeros(batch.completion_ids.shape, dtype=dtype, device=rows.device)
         blocks = [list(range(start, min(start + b, len(batch)))) for start in range(0, len(batch), b)]
-        for forward, index in self._forwards(blocks, rows):
+        for forward, index in self._forwards(blocks, rows)[0]:
             part = _take(batch, forward, index)
             if not reference:
                 logps = self._logps(self.score, part, forward)
@@ -323,6 +343,10 @@ class Learner:
                     logps = self._logps(self.score, part, forward)
             out[:, : forward.completion_width].index_copy_(0, index, logps.to(dtype))
         return out
+
+    def _logp_dtype(self) -> torch.dtype:
+        """Logprobs are kept in float32 (float64 for a float64 model: the gradient tests)."""
+        return torch.promote_types(next(self.policy.parameters()).dtype, torch.float32)
 
     def _old_logprobs(self, rows: _Rows) -> torch.Tensor | None:
         """The logprobs the importance ratio divides by, or None when the detached current
@@ -389,12 +413,23 @@ class Learner:
         A forward's loss is the sum, over its slices of rows of one micro-batch, of
         :func:`grpo_loss` with that micro-batch's rows and loss tokens as normalisers, so the
         window's gradient is the one the micro-steps define; one backward per forward, the
-        window's last one at the accumulation boundary when the window ends at an optimizer step.
+        window's last one at the accumulation boundary when the window ends at an optimizer
+        step. A micro-step's metrics come from one :func:`grpo_loss` over all its rows, as in
+        the plain loop: the training call where one slice holds them all, else a call without
+        gradient on the logprobs its forwards left (:meth:`_micro_step_metrics`).
         """
         c = self.config
+        loss_kw = dict(
+            num_items_in_batch=targets.num_items, gradient_accumulation_steps=c.batch.gradient_accumulation_steps,
+            steps_per_generation=c.batch.steps_per_generation_value, num_processes=c.batch.num_processes,
+        )
         tokens = [sum(targets.row_tokens[r] for r in rows_of) for rows_of in micro_batches]
+        forwards, micro_index = self._forwards(micro_batches, rows)
+        whole = {  # micro-batches that one slice holds entirely
+            s.micro_batch for f, _ in forwards for s in f.slices if s.stop - s.start == len(micro_batches[s.micro_batch])
+        }
+        seen = None if len(whole) == len(micro_batches) else _Seen.like(targets.mask, self._logp_dtype())
         totals: dict[str, torch.Tensor] = {}
-        forwards = self._forwards(micro_batches, rows)
         for i, (forward, index) in enumerate(forwards):
             part = _take(rows.batch, forward, index)
             logps, entropy = self._logps(self.backend.model, part, forward, with_entropy=True)
@@ -405,20 +440,35 @@ class Learner:
                 k = slice(s.start, s.stop)
                 piece, metrics = grpo_loss(
                     logps[k], None if old is None else old[k], None if ref is None else ref[k], part.advantages[k],
-                    mask[k], c.grpo,
-                    num_items_in_batch=targets.num_items,
-                    sampling_logps=part.sampling_logps[k, :t],
-                    entropies=entropy[k],
-                    gradient_accumulation_steps=c.batch.gradient_accumulation_steps,
-                    steps_per_generation=c.batch.steps_per_generation_value,
-                    num_processes=c.batch.num_processes,
-                    micro_batch_rows=len(micro_batches[s.micro_batch]),
-                    micro_batch_tokens=tokens[s.micro_batch],
+                    mask[k], c.grpo, sampling_logps=part.sampling_logps[k, :t], entropies=entropy[k], **loss_kw,
+                    micro_batch_rows=len(micro_batches[s.micro_batch]), micro_batch_tokens=tokens[s.micro_batch],
                 )
                 loss = loss + piece
-                _add(totals, metrics | {"loss": piece.detach()})
+                _add(totals, {"loss": piece.detach()} | (metrics if s.micro_batch in whole else {}))
+            if seen is not None:
+                seen.keep(index, logps, entropy)
             self.backend.backward(loss, boundary=ends_step and i == len(forwards) - 1)
+        for m, index in enumerate(micro_index):
+            if m not in whole:
+                width = max(1, *(rows.completion_lengths[r] for r in micro_batches[m]))
+                _add(totals, self._micro_step_metrics(index, width, rows, targets, seen, loss_kw))
         return totals
+
+    @torch.no_grad()
+    def _micro_step_metrics(
+        self, index: torch.Tensor, width: int, rows: _Rows, targets: _Targets, seen: _Seen, loss_kw: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The metrics of the micro-step of rows ``index`` (its completions ``width`` wide): the
+        plain loop's call of :func:`grpo_loss` on the logprobs and entropies its forwards left."""
+        def at(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.index_select(0, index)[:, :width]
+
+        _, metrics = grpo_loss(
+            at(seen.logps), at(targets.old), at(targets.ref), rows.batch.advantages.index_select(0, index),
+            at(targets.mask), self.config.grpo, sampling_logps=at(rows.batch.sampling_logps),
+            entropies=at(seen.entropy), **loss_kw,
+        )
+        return metrics
 
     def _optimizer_step(self, metrics: dict[str, float]) -> dict[str, float]:
         out = self._average_over_ranks(metrics) if self.world_size > 1 else dict(metrics)

@@ -82,10 +82,11 @@ LOSS_REDUCERS: dict[str, Callable[..., torch.Tensor]] = {
 # --- the loss ---------------------------------------------------------------------------------
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor, tokens: Count) -> torch.Tensor:
-    """Mean of a per-token ``[B, T]`` tensor over the micro-batch's ``tokens`` unmasked tokens
-    (on a slice of the micro-batch: the slice's share). Per token also when ``T == 1``."""
-    return (x * mask).sum() / tokens
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over unmasked tokens; a ``[B, 1]`` (sequence-level) tensor is averaged plainly."""
+    if x.shape[1] == 1:
+        return x.mean()
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def needs_whole_micro_batch(config: GRPOConfig) -> bool:
@@ -157,9 +158,9 @@ def grpo_loss(
         micro_batch_rows, micro_batch_tokens: when ``logps`` holds a slice of the rows of a
             micro-batch (the learner's execution batches), that micro-batch's rows and
             loss-mask tokens (``mask.sum()`` over all its rows; a host float or a 0-dim
-            tensor). Every normaliser then is the micro-batch's, so the loss and each metric
-            are the slice's share: summed over the slices, they are the micro-batch's loss
-            and metrics. None = the slice's own ``B`` and ``mask.sum()``.
+            tensor). Every loss normaliser then is the micro-batch's, so the slices' losses
+            sum to the micro-batch's loss (the metrics stay the slice's own). None = the
+            slice's own ``B`` and ``mask.sum()``.
 
     Returns:
         ``(loss, metrics)``; metrics are detached 0-dim tensors: ``clip_ratio/low_mean``,
@@ -191,12 +192,12 @@ def grpo_loss(
     if sampling_logps is not None and config.vllm_importance_sampling_correction:
         is_ratio = truncated_importance_weights(old_logps, sampling_logps, config.vllm_importance_sampling_cap)
         per_token = per_token * is_ratio
-        metrics["is_ratio_mean"] = _masked_mean(is_ratio, mask, tokens).detach()
+        metrics["is_ratio_mean"] = _masked_mean(is_ratio, mask).detach()
     if config.beta != 0.0:
         delta_ref = ref_logps - logps
         per_token_kl = torch.exp(delta_ref) - delta_ref - 1  # [B, T] k3 estimator
         per_token = per_token + config.beta * per_token_kl
-        metrics["kl"] = _masked_mean(per_token_kl, mask, tokens).detach()
+        metrics["kl"] = _masked_mean(per_token_kl, mask).detach()
 
     if num_items_in_batch is None:  # no batch count given: the micro-batch's tokens
         num_items_in_batch = mask.sum() if micro_batch_tokens is None else micro_batch_tokens
@@ -208,17 +209,11 @@ def grpo_loss(
 
     is_low = (coef_1 < 1 - config.epsilon) & (adv < 0)
     is_high = (coef_1 > 1 + config.epsilon_high_value) & (adv > 0)
-    def clipped_mean(flags: torch.Tensor) -> torch.Tensor:  # per token, or per sequence (GSPO's [B, 1] ratios)
-        flags = flags.to(logps.dtype)
-        if config.importance_sampling_level == "sequence":
-            return flags.sum() / rows
-        return _masked_mean(flags, mask, tokens)
-
-    metrics["clip_ratio/low_mean"] = clipped_mean(is_low).detach()
-    metrics["clip_ratio/high_mean"] = clipped_mean(is_high).detach()
-    metrics["clip_ratio/region_mean"] = clipped_mean(is_low | is_high).detach()
+    metrics["clip_ratio/low_mean"] = _masked_mean(is_low.to(logps.dtype), mask).detach()
+    metrics["clip_ratio/high_mean"] = _masked_mean(is_high.to(logps.dtype), mask).detach()
+    metrics["clip_ratio/region_mean"] = _masked_mean((is_low | is_high).to(logps.dtype), mask).detach()
     if entropies is not None:
-        metrics["entropy"] = _masked_mean(entropies.detach(), mask, tokens)
+        metrics["entropy"] = _masked_mean(entropies.detach(), mask)
     return loss, metrics
 
 

@@ -189,9 +189,9 @@ def test_a_loss_that_needs_whole_micro_batches_gets_them(checkpoint, tmp_path, b
     plan, seen = learner._forwards, []
 
     def spy(micro_batches, rows):
-        forwards = plan(micro_batches, rows)
+        forwards, micro_index = plan(micro_batches, rows)
         seen.extend((micro_batches, f) for f, _ in forwards)
-        return forwards
+        return forwards, micro_index
 
     learner._forwards = spy
     _assert_same_training(_train(learner, batch), expected)

@@ -1,8 +1,6 @@
 """grpo_loss on row slices of a micro-batch (``micro_batch_rows`` / ``micro_batch_tokens``, the
-learner's execution batches): the slices' losses, gradients and metrics sum to the whole
-micro-batch's, for every loss type, both importance-sampling levels, with KL and TIS."""
-
-import math
+learner's execution batches): the slices' losses and gradients sum to the whole micro-batch's,
+for every loss type, both importance-sampling levels, with KL and TIS."""
 
 import pytest
 import torch
@@ -50,9 +48,6 @@ def test_slices_sum_to_the_micro_batch(loss_type, level):
     (grad,) = torch.autograd.grad(total, logps)
     torch.testing.assert_close(total, whole, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(grad, whole_grad, rtol=1e-12, atol=1e-14)
-    assert set(whole_metrics) >= {"kl", "is_ratio_mean", "entropy", "clip_ratio/region_mean"}
-    for key, value in whole_metrics.items():
-        torch.testing.assert_close(sum(m[key] for _, m in pieces), value, rtol=1e-12, atol=1e-14)
     assert whole_metrics["clip_ratio/region_mean"] > 0  # the clipped branch is exercised
 
 
@@ -66,13 +61,3 @@ def test_the_whole_micro_batch_as_its_own_slice_is_the_default():
     assert torch.equal(plain, sliced)
     assert all(torch.equal(plain_metrics[k], sliced_metrics[k]) for k in plain_metrics)
 
-
-def test_one_token_wide_completions_are_averaged_over_their_unmasked_tokens():
-    """A forward of one-token completions gives ``[B, 1]`` per-token tensors: their metrics are
-    still means over unmasked tokens (a shape test would take them for GSPO's per-sequence ratios)."""
-    logps = torch.tensor([[-1.0], [-2.0], [-3.0]])
-    mask = torch.tensor([[1.0], [0.0], [1.0]])
-    entropy = torch.tensor([[1.0], [7.0], [3.0]])
-    _, metrics = grpo_loss(logps, None, logps + 0.5, torch.ones(3), mask, GRPOConfig(beta=0.1), entropies=entropy)
-    assert metrics["entropy"] == 2.0  # (1 + 3) / 2: the masked row's 7 does not count
-    assert torch.isclose(metrics["kl"], torch.tensor(math.exp(0.5) - 1.5))
