@@ -57,7 +57,6 @@ class _Targets:
     old: torch.Tensor | None  # [n, T] old logprobs (None: the detached current ones)
     ref: torch.Tensor | None  # [n, T] reference logprobs (beta > 0)
     num_items: torch.Tensor  # loss tokens of the whole generation batch (dapo)
-    row_tokens: list[float]  # loss tokens of each row, known on the host
 
     @property
     def per_token(self) -> tuple[torch.Tensor | None, ...]:
@@ -385,7 +384,7 @@ class Learner:
         targets = _Targets(
             mask.to(rows.device), self._old_logprobs(rows),
             self._scores(rows, reference=True) if c.grpo.beta > 0 else None,
-            num_items.to(rows.device), mask.sum(1).tolist(),
+            num_items.to(rows.device),
         )
         self.policy.train()
         results: list[dict[str, float]] = []
@@ -423,8 +422,8 @@ class Learner:
             num_items_in_batch=targets.num_items, gradient_accumulation_steps=c.batch.gradient_accumulation_steps,
             steps_per_generation=c.batch.steps_per_generation_value, num_processes=c.batch.num_processes,
         )
-        tokens = [sum(targets.row_tokens[r] for r in rows_of) for rows_of in micro_batches]
         forwards, micro_index = self._forwards(micro_batches, rows)
+        tokens = [targets.mask.index_select(0, index).sum() for index in micro_index]  # each micro-batch's loss tokens
         whole = {  # micro-batches that one slice holds entirely
             s.micro_batch for f, _ in forwards for s in f.slices if s.stop - s.start == len(micro_batches[s.micro_batch])
         }
