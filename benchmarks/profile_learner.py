@@ -151,14 +151,17 @@ SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize
 
 
 def profile_counts(averages) -> dict[str, float]:
-    """Kernel launches, host syncs, device-to-host/host-to-device copies and kernel time from
-    ``key_averages()``."""
+    """Kernel launches, host syncs, copies and device time from ``key_averages()`` (device time
+    summed over the device's own events, as the profiler's table totals it)."""
+    from torch.autograd import DeviceType
+
     calls = {e.key: e.count for e in averages}
+    on_device = [e for e in averages if e.device_type != DeviceType.CPU and not e.is_user_annotation]
     return {
         "kernel_launches": sum(calls.get(k, 0) for k in LAUNCHES),
         "host_syncs": sum(calls.get(k, 0) for k in SYNCS),
         "memcpy_calls": calls.get("cudaMemcpyAsync", 0) + calls.get("cudaMemcpy", 0),
-        "kernel_s": sum(e.self_device_time_total for e in averages) / 1e6,
+        "kernel_s": sum(e.self_device_time_total for e in on_device) / 1e6,
     }
 
 
