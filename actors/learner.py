@@ -6,18 +6,22 @@ import copy
 import random
 import time
 import warnings
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from actors.train_backends import make_backend
+from actors.train_backends import fused_adamw, make_backend
 from grpo_ray import collective
-from grpo_ray.batching import plan_generation_cycle, rank_rows
+from grpo_ray.batching import (
+    Forward, accumulation_windows, forward_token_budget, plan_forwards, plan_generation_cycle, rank_rows,
+    split_forwards,
+)
 from grpo_ray.checkpoint import LEARNER_STATE
 from grpo_ray.config import TrainConfig
-from grpo_ray.loss import grpo_loss, mask_truncated_completions
+from grpo_ray.loss import grpo_loss, mask_truncated_completions, needs_whole_micro_batch
 from grpo_ray.modeling import CompletionLogprobs, load_policy, load_tokenizer, probe_logprobs
 from grpo_ray.rollout_batch import RolloutBatch
 from grpo_ray.schedules import make_scheduler
@@ -27,8 +31,78 @@ from grpo_ray.schedules import make_scheduler
 LEARNER_GROUP_TIMEOUT_S = 600.0
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+@dataclass
+class _Rows:
+    """A batch's rows on the learner's device, with their lengths known on the host (so the
+    forwards are planned without waiting for the device)."""
+
+    batch: RolloutBatch  # every tensor on the device
+    prompt_lengths: list[int]
+    completion_lengths: list[int]
+
+    @staticmethod
+    def of(batch: RolloutBatch, device: torch.device) -> "_Rows":
+        tensors = {f.name: v.to(device) for f in fields(batch) if torch.is_tensor(v := getattr(batch, f.name))}
+        return _Rows(replace(batch, **tensors), batch.prompt_mask.sum(1).tolist(), batch.completion_mask.sum(1).tolist())
+
+    @property
+    def device(self) -> torch.device:
+        return self.batch.completion_ids.device
+
+
+@dataclass
+class _Targets:
+    """What the loss needs beside the batch, per row of the learner's rows (on its device)."""
+
+    mask: torch.Tensor  # [n, T] the loss mask
+    old: torch.Tensor | None  # [n, T] old logprobs (None: the detached current ones)
+    ref: torch.Tensor | None  # [n, T] reference logprobs (beta > 0)
+    num_items: torch.Tensor  # loss tokens of the whole generation batch (dapo)
+
+    @property
+    def per_token(self) -> tuple[torch.Tensor | None, ...]:
+        return self.mask, self.old, self.ref
+
+
+@dataclass
+class _Seen:
+    """The detached logprobs and entropies of a window's rows, as its forwards compute them."""
+
+    logps: torch.Tensor  # [n, T]
+    entropy: torch.Tensor  # [n, T]
+
+    @staticmethod
+    def like(per_token: torch.Tensor, dtype: torch.dtype) -> "_Seen":
+        return _Seen(torch.zeros_like(per_token, dtype=dtype), torch.zeros_like(per_token, dtype=dtype))
+
+    def keep(self, index: torch.Tensor, logps: torch.Tensor, entropy: torch.Tensor) -> None:
+        t = logps.shape[1]
+        self.logps[:, :t].index_copy_(0, index, logps.detach().to(self.logps.dtype))
+        self.entropy[:, :t].index_copy_(0, index, entropy.to(self.entropy.dtype))
+
+
+def _take(batch: RolloutBatch, forward: Forward, index: torch.Tensor) -> RolloutBatch:
+    """``forward``'s rows of every per-row tensor of ``batch``; ``index``: those rows, on the
+    batch's device (a gather there: no host sync)."""
+    n = len(batch)
+    rows = {
+        f.name: v.index_select(0, index)
+        for f in fields(batch)
+        if torch.is_tensor(v := getattr(batch, f.name)) and v.dim() and v.shape[0] == n
+    }
+    return replace(batch, **rows, completions=[batch.completions[r] for r in forward.rows])
+
+
+def _add(totals: dict[str, torch.Tensor], metrics: dict[str, torch.Tensor]) -> None:
+    """Accumulate 0-dim metric tensors in float64, where they are (no host sync)."""
+    for k, v in metrics.items():
+        totals[k] = totals[k] + v.double() if k in totals else v.double()
+
+
+def _on_host(totals: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The accumulated metrics as floats: one device-to-host transfer."""
+    keys = sorted(totals)
+    return dict(zip(keys, torch.stack([totals[k] for k in keys]).tolist()))
 
 
 def group_backend() -> str:
@@ -71,7 +145,8 @@ class Learner:
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         o = config.optim
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay
+            self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay,
+            fused=fused_adamw(self.params, config.batch.train_backend) or None,  # None: torch's choice (foreach)
         )
         total = config.run.max_steps
         self.scheduler = make_scheduler(
@@ -194,52 +269,105 @@ class Learner:
 
     # -- logprobs --------------------------------------------------------------------------------
 
-    def _logps(self, model: Any, batch: RolloutBatch, with_entropy: bool = False, loss_inputs: Any = None) -> Any:
-        """``model``: a :class:`CompletionLogprobs` (or the backend's wrapper of one); with
-        ``loss_inputs``, the fused loss ``(loss, metrics)`` instead of logprobs."""
+    def _logps(self, model: Any, batch: RolloutBatch, forward: Forward, with_entropy: bool = False) -> Any:
+        """Logprobs ``[n, t]`` of ``batch``'s rows trimmed to ``forward``'s widths; ``model``: a
+        :class:`CompletionLogprobs` (or the backend's wrapper of one).
+
+        Logprobs at padding positions are set to 0: the old, reference and training passes may
+        lay the same row out in forwards of different widths, and a padding position's value
+        would differ between them (the loss masks it, but an overflowing ratio times 0 is NaN).
+        """
         m = self.config.model
-        return model(
-            batch.prompt_ids,
-            batch.prompt_mask,
-            batch.completion_ids,
-            batch.completion_mask,
+        p, t = forward.prompt_width, forward.completion_width
+        completion_mask = batch.completion_mask[:, :t]
+        out = model(
+            batch.prompt_ids[:, -p:],
+            batch.prompt_mask[:, -p:],
+            batch.completion_ids[:, :t],
+            completion_mask,
             temperature=self.config.generation.temperature,
             impl=m.logprob_impl,
-            chunk_size=m.logprob_chunk_size if loss_inputs is None else m.fused_loss_chunk_size,
+            chunk_size=m.logprob_chunk_size,
             with_entropy=with_entropy,
-            **({} if loss_inputs is None else {"loss_inputs": loss_inputs}),
         )
+        logps, entropy = out if with_entropy else (out, None)
+        logps = logps.masked_fill(completion_mask == 0, 0.0)
+        return (logps, entropy) if with_entropy else logps
+
+    def _forwards(
+        self, micro_batches: list[list[int]], rows: _Rows
+    ) -> tuple[list[tuple[Forward, torch.Tensor]], list[torch.Tensor]]:
+        """How to execute ``micro_batches`` (positions in ``rows``; one accumulation window):
+        the forwards of ``batch.max_tokens_per_forward``, each with its rows' index on the
+        device, and each micro-batch's rows on the device (one host-to-device copy for all)."""
+        c = self.config
+        budget = forward_token_budget(
+            c.batch.max_tokens_per_forward, rows.device.type == "cuda", c.batch.per_device_train_batch_size,
+            c.grpo.max_prompt_length or rows.batch.prompt_ids.shape[1], c.grpo.max_completion_length,
+        )
+        whole = needs_whole_micro_batch(c.grpo)
+        forwards = plan_forwards(micro_batches, rows.prompt_lengths, rows.completion_lengths, budget,
+                                 whole_micro_batches=whole)
+        if budget is not None and self.backend.communicates_per_forward and self.world_size > 1:
+            # the ranks' rows pack into different numbers of forwards: all run the most of any
+            forwards = split_forwards(forwards, self._most_over_ranks(len(forwards)), rows.prompt_lengths,
+                                      rows.completion_lengths, whole_micro_batches=whole)
+        runs = [f.rows for f in forwards] + micro_batches
+        index = torch.tensor([r for run in runs for r in run]).to(rows.device).split([len(run) for run in runs])
+        return list(zip(forwards, index[: len(forwards)])), list(index[len(forwards) :])
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, *, reference: bool = False) -> torch.Tensor:
-        """``[N, T]`` logprobs of the batch's completions under the policy (or the reference)."""
-        chunk = self.config.batch.per_device_train_batch_size
-        out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
-        for start in range(0, len(batch), chunk):
-            rows = list(range(start, min(start + chunk, len(batch))))
-            part = batch.select(rows)
+        """``[N, T]`` logprobs of the batch's completions under the policy (or the reference), on
+        the CPU; 0 at padding."""
+        return self._scores(_Rows.of(batch, self._device()), reference=reference).cpu()
+
+    @torch.no_grad()
+    def _scores(self, rows: _Rows, *, reference: bool = False) -> torch.Tensor:
+        """:meth:`logprobs` of ``rows``, left on the device: ``per_device_train_batch_size`` rows
+        at a time, or packed into the forwards of the token budget."""
+        batch, b = rows.batch, self.config.batch.per_device_train_batch_size
+        dtype = self._logp_dtype()
+        out = torch.zeros(batch.completion_ids.shape, dtype=dtype, device=rows.device)
+        blocks = [list(range(start, min(start + b, len(batch)))) for start in range(0, len(batch), b)]
+        for forward, index in self._forwards(blocks, rows)[0]:
+            part = _take(batch, forward, index)
             if not reference:
-                logps = self._logps(self.score, part)
+                logps = self._logps(self.score, part, forward)
             elif self.reference is not None:
-                logps = self._logps(CompletionLogprobs(self.reference), part)
+                logps = self._logps(CompletionLogprobs(self.reference), part, forward)
             else:
                 with self.policy.disable_adapter():
-                    logps = self._logps(self.score, part)
-            out[start : start + len(rows), : logps.shape[1]] = logps.float()
+                    logps = self._logps(self.score, part, forward)
+            out[:, : forward.completion_width].index_copy_(0, index, logps.to(dtype))
         return out
+
+    def _logp_dtype(self) -> torch.dtype:
+        """Logprobs are kept in float32 (float64 for a float64 model: the gradient tests)."""
+        return torch.promote_types(next(self.policy.parameters()).dtype, torch.float32)
+
+    def _old_logprobs(self, rows: _Rows) -> torch.Tensor | None:
+        """The logprobs the importance ratio divides by, or None when the detached current
+        logprobs equal them: old ones are needed only if the weights move within one generation
+        (TRL's rule)."""
+        b, g = self.config.batch, self.config.grpo
+        needs_old = b.gradient_accumulation_steps % (b.steps_per_generation_value * g.num_iterations) != 0
+        return self._scores(rows) if needs_old else None
 
     # -- training --------------------------------------------------------------------------------
 
     def train_generation(self, batch: RolloutBatch, cycle: int, max_steps: int | None = None) -> list[dict[str, float]]:
         """Run the micro-steps of generation cycle ``cycle`` on ``batch``; metrics per optimizer step.
 
-        ``max_steps`` ends the cycle after that many optimizer steps (the run's last cycle)."""
+        ``max_steps`` ends the cycle after that many optimizer steps (the run's last cycle).
+        The user's micro-steps (:func:`plan_generation_cycle`) define the gradient, every loss
+        normaliser and every logged metric; how each accumulation window is executed is
+        :meth:`_accumulate`'s business.
+        """
         c = self.config
-        spg = c.batch.steps_per_generation_value
-        gas = c.batch.gradient_accumulation_steps
         plan = plan_generation_cycle(
-            c.batch.per_device_train_batch_size, gas, spg, c.grpo.num_generations,
-            c.batch.num_processes, cycle=cycle, num_iterations=c.grpo.num_iterations,
+            c.batch.per_device_train_batch_size, c.batch.gradient_accumulation_steps, c.batch.steps_per_generation_value,
+            c.grpo.num_generations, c.batch.num_processes, cycle=cycle, num_iterations=c.grpo.num_iterations,
         )
         if batch.advantages is None:
             raise ValueError("the batch has no advantages: the driver computes them before training")
@@ -251,57 +379,97 @@ class Learner:
         position = {row: i for i, row in enumerate(mine)}
         batch, mask = batch.select(mine), mask[mine]
         started = time.perf_counter()
-        # Old logprobs are needed only if the weights move within one generation (TRL's rule);
-        # otherwise the detached current logprobs equal them.
-        needs_old = gas % (spg * c.grpo.num_iterations) != 0
-        old = self.logprobs(batch) if needs_old else None
-        ref = self.logprobs(batch, reference=True) if c.grpo.beta > 0 else None
+        rows = _Rows.of(batch, self._device())  # the batch moves to the device once
+        targets = _Targets(
+            mask.to(rows.device), self._old_logprobs(rows),
+            self._scores(rows, reference=True) if c.grpo.beta > 0 else None,
+            num_items.to(rows.device),
+        )
         self.policy.train()
         results: list[dict[str, float]] = []
-        window: dict[str, list[float]] = {}
-        for step in plan:
-            rows = [position[r] for r in step.rows[self.rank]]
-            part = batch.select(rows)
-            t = part.completion_ids.shape[1]
-            idx = torch.as_tensor(rows)
-            on = lambda x: None if x is None else x.to(self._device())  # noqa: E731
-            inputs = dict(
-                old_logps=on(None if old is None else old[idx, :t]),
-                ref_logps=on(None if ref is None else ref[idx, :t]),
-                advantages=on(part.advantages),
-                mask=on(mask[idx, :t]),
-                config=c.grpo,
-                num_items_in_batch=num_items,
-                sampling_logps=on(part.sampling_logps),
-                gradient_accumulation_steps=gas,
-                steps_per_generation=spg,
-                num_processes=c.batch.num_processes,
-            )
-            if c.model.fused_loss:  # the gradient to the hidden states is formed in this forward
-                inputs["loss_mask"] = inputs.pop("mask")
-                loss, metrics = self._logps(self.backend.model, part, with_entropy=True, loss_inputs=inputs)
-            else:
-                logps, entropy = self._logps(self.backend.model, part, with_entropy=True)
-                loss, metrics = grpo_loss(logps, entropies=entropy, **inputs)
-            self.backend.backward(loss, boundary=step.optimizer_step)
-            window.setdefault("loss", []).append(loss.item())
-            for k, v in metrics.items():
-                window.setdefault(k, []).append(float(v))
-            if step.optimizer_step:
-                results.append(self._optimizer_step(window))
-                window = {}
-                if max_steps is not None and len(results) >= max_steps:
-                    break
-        if window:  # an accumulation window that continues into the next generation
-            results.append({k: _mean(v) for k, v in window.items()} | {"partial_window": 1.0})
+        for window in accumulation_windows(plan):
+            micro_batches = [[position[r] for r in step.rows[self.rank]] for step in window]
+            sums = _on_host(self._accumulate(micro_batches, rows, targets, ends_step=window[-1].optimizer_step))
+            means = {k: v / len(window) for k, v in sums.items()}  # each metric: its mean over the micro-steps
+            if not window[-1].optimizer_step:  # the window continues into the next generation
+                results.append(means | {"partial_window": 1.0})
+                break
+            results.append(self._optimizer_step(means | {"loss": sums["loss"]}))  # micro-losses sum to the step's
+            if max_steps is not None and len(results) >= max_steps:
+                break
         results[-1]["time/train_s"] = time.perf_counter() - started
         return results
 
-    def _optimizer_step(self, window: dict[str, list[float]]) -> dict[str, float]:
-        out = {k: _mean(v) for k, v in window.items()}
-        out["loss"] = sum(window["loss"])  # micro-losses are already scaled to sum to the step's loss
-        if self.world_size > 1:
-            out = self._average_over_ranks(out)
+    def _accumulate(
+        self, micro_batches: list[list[int]], rows: _Rows, targets: _Targets, ends_step: bool
+    ) -> dict[str, torch.Tensor]:
+        """Forward and backward over one accumulation window's micro-batches (positions in
+        ``rows``); returns each metric summed over them, on the device (no host sync here).
+
+        The window runs in the forwards of ``batch.max_tokens_per_forward``: a forward's rows
+        may come from several micro-batches, and each micro-batch's rows from several forwards.
+        A forward's loss is the sum, over its slices of rows of one micro-batch, of
+        :func:`grpo_loss` with that micro-batch's rows and loss tokens as normalisers, so the
+        window's gradient is the one the micro-steps define; one backward per forward, the
+        window's last one at the accumulation boundary when the window ends at an optimizer
+        step. A micro-step's metrics come from one :func:`grpo_loss` over all its rows, as in
+        the plain loop: the training call where one slice holds them all, else a call without
+        gradient on the logprobs its forwards left (:meth:`_micro_step_metrics`).
+        """
+        c = self.config
+        loss_kw = dict(
+            num_items_in_batch=targets.num_items, gradient_accumulation_steps=c.batch.gradient_accumulation_steps,
+            steps_per_generation=c.batch.steps_per_generation_value, num_processes=c.batch.num_processes,
+        )
+        forwards, micro_index = self._forwards(micro_batches, rows)
+        tokens = [targets.mask.index_select(0, index).sum() for index in micro_index]  # each micro-batch's loss tokens
+        whole = {  # micro-batches that one slice holds entirely
+            s.micro_batch for f, _ in forwards for s in f.slices if s.stop - s.start == len(micro_batches[s.micro_batch])
+        }
+        seen = None if len(whole) == len(micro_batches) else _Seen.like(targets.mask, self._logp_dtype())
+        totals: dict[str, torch.Tensor] = {}
+        for i, (forward, index) in enumerate(forwards):
+            part = _take(rows.batch, forward, index)
+            logps, entropy = self._logps(self.backend.model, part, forward, with_entropy=True)
+            t = forward.completion_width
+            mask, old, ref = (None if x is None else x.index_select(0, index)[:, :t] for x in targets.per_token)
+            loss = 0.0
+            for s in forward.slices:
+                k = slice(s.start, s.stop)
+                piece, metrics = grpo_loss(
+                    logps[k], None if old is None else old[k], None if ref is None else ref[k], part.advantages[k],
+                    mask[k], c.grpo, sampling_logps=part.sampling_logps[k, :t], entropies=entropy[k], **loss_kw,
+                    micro_batch_rows=len(micro_batches[s.micro_batch]), micro_batch_tokens=tokens[s.micro_batch],
+                )
+                loss = loss + piece
+                _add(totals, {"loss": piece.detach()} | (metrics if s.micro_batch in whole else {}))
+            if seen is not None:
+                seen.keep(index, logps, entropy)
+            self.backend.backward(loss, boundary=ends_step and i == len(forwards) - 1)
+        for m, index in enumerate(micro_index):
+            if m not in whole:
+                width = max(1, *(rows.completion_lengths[r] for r in micro_batches[m]))
+                _add(totals, self._micro_step_metrics(index, width, rows, targets, seen, loss_kw))
+        return totals
+
+    @torch.no_grad()
+    def _micro_step_metrics(
+        self, index: torch.Tensor, width: int, rows: _Rows, targets: _Targets, seen: _Seen, loss_kw: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The metrics of the micro-step of rows ``index`` (its completions ``width`` wide): the
+        plain loop's call of :func:`grpo_loss` on the logprobs and entropies its forwards left."""
+        def at(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.index_select(0, index)[:, :width]
+
+        _, metrics = grpo_loss(
+            at(seen.logps), at(targets.old), at(targets.ref), rows.batch.advantages.index_select(0, index),
+            at(targets.mask), self.config.grpo, sampling_logps=at(rows.batch.sampling_logps),
+            entropies=at(seen.entropy), **loss_kw,
+        )
+        return metrics
+
+    def _optimizer_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        out = self._average_over_ranks(metrics) if self.world_size > 1 else dict(metrics)
         loss = out["loss"]
         lr = self.scheduler.get_last_lr()[0]
         grad_norm, skipped = self.backend.step(loss)
@@ -314,6 +482,14 @@ class Learner:
             "skipped": float(skipped),
         })
         return out
+
+    def _most_over_ranks(self, count: int) -> int:
+        """The largest ``count`` of any rank of the learner group (one small all-reduce)."""
+        import torch.distributed as dist
+
+        value = torch.tensor([count], device=self._device() if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return int(value.item())
 
     def _average_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
         """Logged metrics averaged over the learner group (each rank's loss carries TRL's

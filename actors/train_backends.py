@@ -52,6 +52,7 @@ class PlainBackend:
     dropped, weights and AdamW moments untouched)."""
 
     shards_weights = False
+    communicates_per_forward = False  # the ranks meet only at the optimizer step
 
     def __init__(self, config: TrainConfig, score: CompletionLogprobs, optimizer: torch.optim.Optimizer, rank: int):
         self.config, self.score, self.optimizer, self.rank = config, score, optimizer, rank
@@ -169,6 +170,10 @@ class DeepSpeedBackend:
     calls them, see :data:`EVERY_RANK`), and only rank 0 keeps a copy.
     """
 
+    #: ZeRO reduces gradients in every backward (ZeRO-3 also gathers weights in every forward):
+    #: every rank must run as many forwards and backwards as the others.
+    communicates_per_forward = True
+
     def __init__(self, config: TrainConfig, score: CompletionLogprobs, optimizer: torch.optim.Optimizer, rank: int):
         self.config, self.score, self.optimizer, self.rank = config, score, optimizer, rank
         self.stage = 3 if config.batch.train_backend == "deepspeed_zero3" else 2
@@ -253,6 +258,22 @@ class DeepSpeedBackend:
         if loaded is None:
             raise ValueError(f"{path} holds no DeepSpeed checkpoint ({DEEPSPEED_DIR}/{DEEPSPEED_TAG}): it was saved "
                              "by another batch.train_backend")
+
+
+#: Parameter dtypes torch's fused AdamW steps.
+FUSED_ADAMW_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def fused_adamw(params: list[torch.Tensor], train_backend: str) -> bool:
+    """Whether the learner's AdamW runs fused (one kernel launch per step over all parameters,
+    instead of a few per parameter group and dtype): where every trainable parameter is a
+    floating CUDA tensor and the plain backend steps them. DeepSpeed swaps the optimizer's
+    parameter groups for its own flat partitions (on the CPU when offloaded), so it keeps
+    torch's default there."""
+    return (
+        train_backend == "plain" and bool(params)
+        and all(p.device.type == "cuda" and p.dtype in FUSED_ADAMW_DTYPES for p in params)
+    )
 
 
 def make_backend(

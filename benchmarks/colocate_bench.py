@@ -11,8 +11,11 @@ Each part runs in its own process (one vLLM engine per process):
   and against the hf engine; alternating, median of 3.
 * step: colocated GRPO optimizer steps (LoRA r16 on all linear layers, 64 prompts x 8
   generations x up to 256 new tokens, beta 0, dapo, micro-batch 16 x 32 accumulation steps,
-  gradient checkpointing), time per stage and peak memory, then the sync + wake time, and
-  GPU memory after step 2 and the last step (a leak shows as growth).
+  gradient checkpointing), time per stage and peak memory, the learner's model-FLOPs
+  utilisation (``benchmarks/profile_learner.py``'s estimate over ``--peak-tflops``), then the
+  sync + wake time, and GPU memory after step 2 and the last step (a leak shows as growth).
+  ``--max-tokens-per-forward 0,16384,65536`` runs ``--steps`` steps at each learner token
+  budget in the same process (medians per budget in ``by_budget``).
 * single_card: the seeds' one-card case, 16 completions of 768 tokens, LoRA on a bf16 or 4-bit base,
   Qwen2.5 0.5B to 7B shapes, CUDA graphs (compiled or not) or eager: per-step tokens/s, learner
   time and NVML peaks per phase, start-up split (vLLM's own figures included), memory breakdown.
@@ -26,6 +29,7 @@ process's GPU memory as NVML sees it (context, cuBLAS workspace, CUDA graph pool
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -92,10 +96,15 @@ def part_rollout(workdir: Path) -> dict:
     return result
 
 
-def part_step(workdir: Path, steps: int, max_num_seqs: int | None) -> dict:
+def part_step(workdir: Path, steps: int, max_num_seqs: int | None, budgets: list[int | None], peak_tflops: float) -> dict:
+    """``steps`` colocated steps at each learner token budget (``batch.max_tokens_per_forward``;
+    None = the config's auto), in one process: one engine start, the budget switched on the
+    learner's config between steps (it is read at every ``train_generation``)."""
     import torch
+    from transformers import AutoConfig
 
     from actors.colocated_worker import ColocatedWorker
+    from benchmarks.profile_learner import ModelShape, learner_flops
     from grpo_ray.advantages import compute_advantages
 
     from benchmarks.common import VllmStartupLog
@@ -108,37 +117,56 @@ def part_step(workdir: Path, steps: int, max_num_seqs: int | None) -> dict:
     init_s = time.perf_counter() - started
     startup = {"engine_init_s": worker.engine.init_s, "learner_init_s": init_s - worker.engine.init_s,
                "vllm": vllm_log.close()}
+    shape = ModelShape.of(AutoConfig.from_pretrained(config.model.name_or_path))
     rows = prompts()
     worker.sync_weights()
     records = []
-    for step in range(steps):
-        nvml.take()
-        torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        batch = worker.generate(rows, num_generations=GENERATIONS, seed=step)
-        t1 = time.perf_counter()
-        rollout_peak, rollout_nvml = torch.cuda.max_memory_allocated() / 2**30, nvml.take()
-        torch.cuda.reset_peak_memory_stats()
-        batch.rewards = torch.tensor(length_reward(batch.completions)).unsqueeze(1)
-        batch.advantages = compute_advantages(batch.rewards, GENERATIONS)
-        t2 = time.perf_counter()
-        metrics = worker.train_generation(batch, cycle=step)
-        torch.cuda.synchronize()
-        t3 = time.perf_counter()
-        learner_peak, learner_nvml = torch.cuda.max_memory_allocated() / 2**30, nvml.take()
-        worker.sync_weights()
-        torch.cuda.synchronize()
-        t4 = time.perf_counter()
-        records.append({
-            "step": step + 1, "step_s": t4 - t0, "rollout_s": t1 - t0, "rewards_s": t2 - t1, "learner_s": t3 - t2,
-            "sync_s": t4 - t3, "optimizer_steps": len(metrics),
-            "completion_tokens": int(batch.completion_mask.sum()),
-            "torch_peak_gib": max(rollout_peak, learner_peak), "torch_peak_rollout_gib": rollout_peak,
-            "torch_peak_learner_gib": learner_peak, "nvml_peak_rollout_gib": rollout_nvml,
-            "nvml_peak_learner_gib": learner_nvml, "torch_reserved_gib": torch.cuda.memory_reserved() / 2**30,
-            "nvml_after_step_gib": nvml.now() - nvml.baseline,
-        })
-        print(json.dumps(records[-1]), flush=True)
+    for budget in budgets:
+        worker.learner.config = dataclasses.replace(
+            config, batch=dataclasses.replace(config.batch, max_tokens_per_forward=budget)
+        )
+        for _ in range(steps):
+            step = len(records)
+            nvml.take()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            batch = worker.generate(rows, num_generations=GENERATIONS, seed=step)
+            t1 = time.perf_counter()
+            rollout_peak, rollout_nvml = torch.cuda.max_memory_allocated() / 2**30, nvml.take()
+            torch.cuda.reset_peak_memory_stats()
+            batch.rewards = torch.tensor(length_reward(batch.completions)).unsqueeze(1)
+            batch.advantages = compute_advantages(batch.rewards, GENERATIONS)
+            t2 = time.perf_counter()
+            metrics = worker.train_generation(batch, cycle=step)
+            torch.cuda.synchronize()
+            t3 = time.perf_counter()
+            learner_peak, learner_nvml = torch.cuda.max_memory_allocated() / 2**30, nvml.take()
+            worker.sync_weights()
+            torch.cuda.synchronize()
+            t4 = time.perf_counter()
+            lengths = list(zip(batch.prompt_mask.sum(1).tolist(), batch.completion_mask.sum(1).tolist()))
+            flops = learner_flops(shape, lengths, lora_r=config.lora.r, lora_targets=config.lora.target_modules,
+                                  gradient_checkpointing=config.model.gradient_checkpointing)
+            records.append({
+                "step": step + 1, "max_tokens_per_forward": budget,
+                "step_s": t4 - t0, "rollout_s": t1 - t0, "rewards_s": t2 - t1, "learner_s": t3 - t2,
+                "sync_s": t4 - t3, "optimizer_steps": len(metrics),
+                "completion_tokens": int(batch.completion_mask.sum()),
+                "learner_model_tflop": flops["model"] / 1e12,
+                "learner_mfu": flops["model"] / ((t3 - t2) * peak_tflops * 1e12),
+                "learner_hfu": flops["executed"] / ((t3 - t2) * peak_tflops * 1e12),
+                "torch_peak_gib": max(rollout_peak, learner_peak), "torch_peak_rollout_gib": rollout_peak,
+                "torch_peak_learner_gib": learner_peak, "nvml_peak_rollout_gib": rollout_nvml,
+                "nvml_peak_learner_gib": learner_nvml, "torch_reserved_gib": torch.cuda.memory_reserved() / 2**30,
+                "nvml_after_step_gib": nvml.now() - nvml.baseline,
+            })
+            print(json.dumps(records[-1]), flush=True)
+    by_budget = {}  # medians per budget, the run's first step (warm-up) left out
+    for budget in budgets:
+        mine = [r for r in records[1:] if r["max_tokens_per_forward"] == budget]
+        if mine:
+            by_budget[str(budget)] = {k: statistics.median(r[k] for r in mine) for k in (
+                "step_s", "learner_s", "learner_mfu", "learner_hfu", "torch_peak_learner_gib", "nvml_peak_learner_gib")}
     # sync + wake alone, LoRA (the adapter into vLLM's slot) and the prefix-cache reset
     sync_wake = []
     for _ in range(5):
@@ -149,7 +177,8 @@ def part_step(workdir: Path, steps: int, max_num_seqs: int | None) -> dict:
         torch.cuda.synchronize()
         sync_wake.append(time.perf_counter() - t)
         worker.engine.sleep()
-    return {"init_s": init_s, "startup": startup, "steps": records, "sync_plus_wake_s": statistics.median(sync_wake),
+    return {"init_s": init_s, "startup": startup, "steps": records, "by_budget": by_budget, "peak_tflops": peak_tflops,
+            "sync_plus_wake_s": statistics.median(sync_wake),
             "max_num_seqs": worker.engine.sizes["max_num_seqs"],
             "kv_cache_gib": worker.engine.sizes["kv_cache_memory_bytes"] / 2**30}
 
@@ -314,6 +343,11 @@ def part_trl(workdir: Path, util: float, steps: int) -> dict:
 # -- driver ------------------------------------------------------------------------------------
 
 
+def budgets(text: str) -> list[int | None]:
+    """``--max-tokens-per-forward`` as budgets: 'auto' -> None (the config's default)."""
+    return [None if b.strip() == "auto" else int(b) for b in text.split(",") if b.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=["all", "rollout", "step", "sync_full", "trl", "single_card"])
@@ -321,6 +355,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--trl-steps", type=int, default=3)
     parser.add_argument("--max-num-seqs", type=int, default=None, help="step: rollout.max_num_seqs (None: the batch)")
+    parser.add_argument("--max-tokens-per-forward", default="auto",
+                        help="step: learner token budgets (batch.max_tokens_per_forward), comma-separated, each run "
+                             "for --steps steps in one process; 'auto' = the config's default, 0 = the plain loop")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="step: the dense bf16 peak the MFU divides by")
     parser.add_argument("--four-bit", action="store_true", help="single_card: a 4-bit (NF4) base")
     parser.add_argument("--prompts", type=int, default=2, help="single_card: prompts per step (x 8 generations)")
     parser.add_argument("--shape", default="qwen2.5-1.5b", choices=["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b",
@@ -338,7 +376,8 @@ def main() -> None:
     if args.part != "all":
         result = {
             "rollout": lambda: part_rollout(workdir),
-            "step": lambda: part_step(workdir, args.steps, args.max_num_seqs),
+            "step": lambda: part_step(workdir, args.steps, args.max_num_seqs, budgets(args.max_tokens_per_forward),
+                                      args.peak_tflops),
             "sync_full": lambda: part_sync_full(workdir),
             "single_card": lambda: part_single_card(workdir, args.steps, args.four_bit, args.prompts, args.shape,
                                                     args.eager, not args.no_compile),
@@ -356,7 +395,9 @@ def main() -> None:
                 argv = ["trl", "--trl-util", util, "--trl-steps", str(args.trl_steps), *common]
                 results[f"trl@{util}"] = run_part(__file__, argv, 900, workdir / f"trl@{util}.log")
         else:
-            results[part] = run_part(__file__, [part, "--steps", str(args.steps), *common], 900, workdir / f"{part}.log")
+            extra = ["--max-tokens-per-forward", args.max_tokens_per_forward] if part == "step" else []
+            results[part] = run_part(__file__, [part, "--steps", str(args.steps), *extra, *common], 900,
+                                     workdir / f"{part}.log")
         print(json.dumps({part: results.get(part, {k: v for k, v in results.items() if k.startswith("trl")})})[:3000], flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1))

@@ -333,6 +333,16 @@ class BatchConfig:
     learner_resources: tuple[str, ...] = knob(
         (), "Custom Ray resources each learner rank needs, as 'NAME=AMOUNT' (e.g. a node label 'learner_node=1')."
     )
+    max_tokens_per_forward: int | None = knob(
+        None,
+        "Learner execution batches: the rows of one accumulation window (the micro-steps up to an optimizer step) "
+        "are sorted by length and packed into forwards of at most this many padded tokens (rows x (longest prompt + "
+        "longest completion)); gradients, losses and metrics stay those of the micro-steps above. Larger means fewer, "
+        "bigger forwards (less launch overhead on a GPU) for more activation memory. None (auto): the plain "
+        "micro-step loop on CPU; on CUDA one micro-batch at the longest rows the run allows "
+        "(per_device_train_batch_size x (max_prompt_length + max_completion_length)), so no forward holds more "
+        "tokens than the worst micro-step could. 0: the plain micro-step loop everywhere.",
+    )
 
     def __post_init__(self) -> None:
         s = "batch"
@@ -348,6 +358,8 @@ class BatchConfig:
         if self.zero_offload_optimizer and self.train_backend == "plain":
             _fail(s, "zero_offload_optimizer", True, "it offloads DeepSpeed's optimizer: set batch.train_backend="
                   "'deepspeed_zero2' or 'deepspeed_zero3', or leave it false")
+        if self.max_tokens_per_forward is not None:
+            _check_int(s, "max_tokens_per_forward", self.max_tokens_per_forward, 0)
 
     @property
     def steps_per_generation_value(self) -> int:

@@ -182,6 +182,9 @@ def grpo_loss(
     if needs_whole_micro_batch(config) and entropies is None:
         raise ValueError("config.top_entropy_quantile < 1 needs entropies (the per-token entropies)")
     mask = mask.to(logps.dtype)
+    rows = logps.shape[0] if micro_batch_rows is None else micro_batch_rows
+    tokens: Count = mask.sum() if micro_batch_tokens is None else micro_batch_tokens
+    tokens = tokens.clamp(min=1.0) if torch.is_tensor(tokens) else max(tokens, 1.0)
     if old_logps is None:
         old_logps = logps.detach()
     adv = advantages.unsqueeze(1)  # [B, 1]

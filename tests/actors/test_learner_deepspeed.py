@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO learners on CPU (DeepSpeed's CPU accelerator, gloo) through the real Ray loop.
 
-Two ZeRO ranks (ZeRO-2 with the optimizer offloaded to CPU memory, ZeRO-3) with half the
+Two ZeRO ranks (ZeRO-2 with the optimizer offloaded to CPU memory and its rows in the learner's
+execution batches, ZeRO-3) with half the
 per-rank batch must log the same per-step losses and gradient norms as one plain process with
 the same seed and global batch (both average gradients over ranks), pass the stale-weight guard after every sync (the engine's logprobs against the
 learner's: ZeRO-3 gathers its sharded weights for both), save a loadable checkpoint of full
@@ -26,14 +27,15 @@ LORA = False
 CLOSE = dict(rel=1e-4, abs=1e-6)
 
 
-def _config(checkpoint, out, backend, sync_backend="object_store", offload=False, **run):
+def _config(checkpoint, out, backend, sync_backend="object_store", offload=False, max_tokens=None, **run):
     """Full fine-tuning (ZeRO-3 then shards every weight); one optimizer step per cycle of 16 completions."""
     ranks = 1 if backend == "plain" else 2
     return tiny_config(
         checkpoint, out, lora={"enabled": LORA}, rollout={"num_workers": 1, "sync_backend": sync_backend},
         reward={"num_workers": 1},
         batch={"per_device_train_batch_size": 8 // ranks, "steps_per_generation": 2, "gradient_accumulation_steps": 2,
-               "num_processes": ranks, "train_backend": backend, "zero_offload_optimizer": offload},
+               "num_processes": ranks, "train_backend": backend, "zero_offload_optimizer": offload,
+               "max_tokens_per_forward": max_tokens},
         run={"max_steps": STEPS, "mode": "distributed"} | run,
     )
 
@@ -62,8 +64,12 @@ def reference(cluster, checkpoint, tmp_path_factory):
     return history
 
 
-def test_two_zero2_ranks_with_the_optimizer_offloaded_match_one_plain_process(checkpoint, reference, tmp_path):
-    _assert_same_steps(_train(_config(checkpoint, tmp_path, "deepspeed_zero2", offload=True)), reference)
+def test_two_zero2_ranks_offloaded_in_execution_batches_match_one_plain_process(checkpoint, reference, tmp_path):
+    """ZeRO-2 with the optimizer offloaded, each rank's rows packed into forwards of a few rows
+    across the micro-steps of a window (batch.max_tokens_per_forward): ranks that pack different
+    numbers of forwards must agree on one, since ZeRO reduces in every backward."""
+    config = _config(checkpoint, tmp_path, "deepspeed_zero2", offload=True, max_tokens=16)
+    _assert_same_steps(_train(config), reference)
 
 
 def test_two_zero3_ranks_match_one_plain_process_save_full_weights_and_resume(checkpoint, reference, tmp_path):

@@ -1,4 +1,5 @@
-"""DeepSpeed's config is built from ours alone (no DeepSpeed needed to check it)."""
+"""The train backends' pure choices: DeepSpeed's config, built from ours alone (no DeepSpeed needed to
+check it), and when the learner's AdamW runs fused."""
 
 from __future__ import annotations
 
@@ -33,3 +34,22 @@ def test_optimizer_offload_goes_to_the_cpu():
 def test_only_zero3_reads_weights_on_every_rank():
     assert EVERY_RANK["plain"] == frozenset() and EVERY_RANK["deepspeed_zero2"] == {"save_state"}
     assert {"weights", "policy_logprobs", "save"} <= EVERY_RANK["deepspeed_zero3"]
+
+
+def test_adamw_runs_fused_only_on_floating_cuda_parameters_of_the_plain_backend():
+    from types import SimpleNamespace
+
+    import torch
+
+    from actors.train_backends import fused_adamw
+
+    def param(device, dtype=torch.float32):
+        return SimpleNamespace(device=torch.device(device), dtype=dtype)
+
+    cuda = [param("cuda"), param("cuda", torch.bfloat16)]
+    assert fused_adamw(cuda, "plain")
+    assert not fused_adamw(cuda, "deepspeed_zero2")  # DeepSpeed swaps in its own flat partitions
+    assert not fused_adamw(cuda + [param("cpu")], "plain")
+    assert not fused_adamw([param("cuda", torch.int8)], "plain")
+    assert not fused_adamw([], "plain")
+    assert not fused_adamw(list(torch.nn.Linear(2, 2).parameters()), "plain")  # this box: CPU tensors

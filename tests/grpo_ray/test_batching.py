@@ -4,7 +4,10 @@ spans generation cycles."""
 
 import pytest
 
-from grpo_ray.batching import describe_cycle, plan_generation_cycle, rank_rows
+from grpo_ray.batching import (
+    accumulation_windows, describe_cycle, forward_token_budget, plan_forwards, plan_generation_cycle, rank_rows,
+    split_forwards,
+)
 from grpo_ray.config import BatchConfig, GRPOConfig, TrainConfig
 
 
@@ -175,3 +178,104 @@ def test_accumulation_not_dividing_the_cycle():
 def test_bad_plans_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         plan_generation_cycle(**kwargs)
+
+
+# -- execution: accumulation windows and the learner's forwards --------------------------------
+
+
+def test_accumulation_windows_end_at_optimizer_steps():
+    plan = plan_generation_cycle(2, 3, 4, 2)  # 4 micro-steps, a step after the third
+    windows = accumulation_windows(plan)
+    assert [[s.optimizer_step for s in w] for w in windows] == [[False, False, True], [False]]
+    assert [s for w in windows for s in w] == plan
+
+
+# Rows 0-7 in two micro-batches of 4; a row's length is its prompt + completion tokens.
+MICRO_BATCHES = [[0, 1, 2, 3], [4, 5, 6, 7]]
+PROMPTS = [3, 3, 2, 2, 5, 5, 1, 1]
+COMPLETIONS = [6, 1, 4, 2, 6, 6, 0, 3]
+
+
+def _executed(forwards):
+    """Each (micro-batch, row) the forwards execute, from their slices."""
+    return sorted((s.micro_batch, f.rows[i]) for f in forwards for s in f.slices for i in range(s.start, s.stop))
+
+
+def test_no_budget_is_the_plain_micro_step_loop():
+    forwards = plan_forwards(MICRO_BATCHES, PROMPTS, COMPLETIONS, None)
+    assert [f.rows for f in forwards] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert [(f.prompt_width, f.completion_width) for f in forwards] == [(3, 6), (5, 6)]
+    assert [[(s.micro_batch, s.start, s.stop) for s in f.slices] for f in forwards] == [[(0, 0, 4)], [(1, 0, 4)]]
+
+
+@pytest.mark.parametrize("budget", [1, 11, 20, 30, 1000])
+def test_forwards_pack_sorted_rows_under_the_budget(budget):
+    forwards = plan_forwards(MICRO_BATCHES, PROMPTS, COMPLETIONS, budget)
+    assert _executed(forwards) == sorted((m, r) for m, rows in enumerate(MICRO_BATCHES) for r in rows)
+    for f in forwards:
+        assert f.padded_tokens <= budget or len(f.rows) == 1  # a row alone may exceed it
+        assert f.prompt_width == max(1, *(PROMPTS[r] for r in f.rows))
+        assert f.completion_width == max(1, *(COMPLETIONS[r] for r in f.rows))
+        # slices: contiguous runs that tile the forward, one per micro-batch
+        assert [s.start for s in f.slices] == [0] + [s.stop for s in f.slices[:-1]] and f.slices[-1].stop == len(f.rows)
+        assert len({s.micro_batch for s in f.slices}) == len(f.slices)
+    longest = [max(PROMPTS[r] + COMPLETIONS[r] for r in f.rows) for f in forwards]
+    assert longest == sorted(longest, reverse=True)  # longest rows first
+    if budget >= 1000:
+        assert len(forwards) == 1 and forwards[0].padded_tokens == 8 * (5 + 6)
+
+
+def test_sorting_by_length_cuts_padding():
+    """Two micro-batches that each hold a long and a short row: the plain loop pads both short
+    rows to the long ones; sorted forwards put the long rows together, the short ones together."""
+    prompts, completions = [4, 4, 4, 4], [100, 2, 100, 2]
+    plain = plan_forwards([[0, 1], [2, 3]], prompts, completions, None)
+    packed = plan_forwards([[0, 1], [2, 3]], prompts, completions, 2 * 104)
+    assert sum(f.padded_tokens for f in plain) == 4 * 104
+    assert [f.rows for f in packed] == [(0, 2), (1, 3)] and sum(f.padded_tokens for f in packed) == 2 * 104 + 2 * 6
+    assert [[s.micro_batch for s in f.slices] for f in packed] == [[0, 1], [0, 1]]
+
+
+def test_replayed_rows_run_once_per_appearance():
+    forwards = plan_forwards([[0, 1], [0, 1]], [2, 2], [3, 1], 1000)  # num_iterations replays a row in one window
+    assert len(forwards) == 1 and sorted(forwards[0].rows) == [0, 0, 1, 1]
+    assert _executed(forwards) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+@pytest.mark.parametrize("budget", [1, 25, 50, 1000])
+def test_whole_micro_batches_are_never_split(budget):
+    forwards = plan_forwards(MICRO_BATCHES, PROMPTS, COMPLETIONS, budget, whole_micro_batches=True)
+    assert _executed(forwards) == sorted((m, r) for m, rows in enumerate(MICRO_BATCHES) for r in rows)
+    for f in forwards:
+        for s in f.slices:
+            assert list(f.rows[s.start:s.stop]) == MICRO_BATCHES[s.micro_batch]
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_forwards_split_to_another_ranks_count(whole):
+    """DeepSpeed ranks must all run as many forwards: a rank that packed fewer cuts its largest."""
+    forwards = plan_forwards(MICRO_BATCHES, PROMPTS, COMPLETIONS, 1000, whole_micro_batches=whole)
+    assert len(forwards) == 1
+    for count in (2, 3, 5) if not whole else (2,):
+        split = split_forwards(forwards, count, PROMPTS, COMPLETIONS, whole_micro_batches=whole)
+        assert len(split) == count and _executed(split) == _executed(forwards)
+        for f in split:
+            assert f.prompt_width == max(1, *(PROMPTS[r] for r in f.rows))
+            if whole:
+                assert all(list(f.rows[s.start:s.stop]) == MICRO_BATCHES[s.micro_batch] for s in f.slices)
+    with pytest.raises(ValueError, match="cannot cut"):
+        split_forwards(forwards, 3 if whole else 9, PROMPTS, COMPLETIONS, whole_micro_batches=whole)
+
+
+def test_bad_budget_raises():
+    with pytest.raises(ValueError, match="max_tokens"):
+        plan_forwards(MICRO_BATCHES, PROMPTS, COMPLETIONS, 0)
+
+
+def test_forward_token_budget():
+    assert forward_token_budget(0, True, 16, 64, 256) is None  # 0: the plain loop everywhere
+    assert forward_token_budget(4096, False, 16, 64, 256) == 4096
+    assert forward_token_budget(None, False, 16, 64, 256) is None  # auto on CPU: the plain loop
+    assert forward_token_budget(None, True, 16, 64, 256) == 16 * (64 + 256)  # auto on CUDA: one worst micro-batch
+    with pytest.raises(Exception, match="max_tokens_per_forward"):
+        BatchConfig(max_tokens_per_forward=-1)
