@@ -17,6 +17,7 @@ from grpo_ray import collective
 from grpo_ray.batching import plan_generation_cycle, rank_rows
 from grpo_ray.checkpoint import LEARNER_STATE
 from grpo_ray.config import TrainConfig
+from grpo_ray.entropy_control import EntropyControl
 from grpo_ray.loss import grpo_loss, mask_truncated_completions
 from grpo_ray.modeling import CompletionLogprobs, load_policy, load_tokenizer, probe_logprobs
 from grpo_ray.rollout_batch import RolloutBatch
@@ -79,6 +80,7 @@ class Learner:
             o.lr_scheduler_type, self.optimizer, num_warmup_steps=int(o.warmup_ratio * total), num_training_steps=total
         )
         self.version = 0  # bumped by every optimizer step
+        self.entropy_control = EntropyControl(config.grpo)  # the entropy bonus's coefficient (adaptive or not)
         self.rank, self.world_size = rank, config.batch.num_processes
         self.backend = make_backend(config, self.score, self.optimizer, rank)
         self._store: Any = None  # the TCPStore rank 0 hosts for a group being formed
@@ -166,6 +168,7 @@ class Learner:
         py_version, py_internal, py_gauss = random.getstate()
         state = extra | {
             "version": self.version,
+            "entropy_control": self.entropy_control.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -182,6 +185,8 @@ class Learner:
         state = torch.load(Path(path) / LEARNER_STATE, map_location="cpu", weights_only=True)
         self.backend.load_state(Path(path), state)
         self.scheduler.load_state_dict(state["scheduler"])
+        if "entropy_control" in state:  # (absent from checkpoints older than the entropy bonus)
+            self.entropy_control.load_state_dict(state["entropy_control"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
@@ -277,6 +282,7 @@ class Learner:
                 gradient_accumulation_steps=gas,
                 steps_per_generation=spg,
                 num_processes=c.batch.num_processes,
+                entropy_coef=self.entropy_control.applied_coef,
             )
             if c.model.fused_loss:  # the gradient to the hidden states is formed in this forward
                 inputs["loss_mask"] = inputs.pop("mask")
@@ -284,6 +290,7 @@ class Learner:
             else:
                 logps, entropy = self._logps(self.backend.model, part, with_entropy=True)
                 loss, metrics = grpo_loss(logps, entropies=entropy, **inputs)
+            self.entropy_control.observe(metrics)  # takes out the adaptive controller's window statistics
             self.backend.backward(loss, boundary=step.optimizer_step)
             window.setdefault("loss", []).append(loss.item())
             for k, v in metrics.items():
@@ -310,6 +317,7 @@ class Learner:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
         self.version += 1
+        out.update(self.entropy_control.step(self._average_over_ranks if self.world_size > 1 else None))
         out.update({
             "loss": loss, "grad_norm": grad_norm, "learning_rate": lr, "weight_version": float(self.version),
             "skipped": float(skipped),
