@@ -80,14 +80,19 @@ class EntropyControl:
             self._sum = self._tokens = 0.0
         return {"entropy_coef": self.coef}
 
-    def state_dict(self) -> dict[str, float]:
+    def state_dict(self) -> dict[str, float | bool]:
         """What an exact resume needs, as floats (the window's totals too: a checkpoint may fall
         inside an accumulation window)."""
         return {
-            "coef": self.coef, "last_entropy": self.last_entropy,
+            "adaptive": self.config.use_adaptive_entropy, "coef": self.coef, "last_entropy": self.last_entropy,
             "window_sum": float(self._sum), "window_tokens": float(self._tokens),
         }
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, float | bool]) -> None:
+        """Restore a saved controller. As in TRL, only an adaptive run resumes one saved by an
+        adaptive run; otherwise the config's ``entropy_coef`` stands (a static coefficient, or
+        the initial one of adaptive control switched on at the resume)."""
+        if not (self.config.use_adaptive_entropy and state["adaptive"]):
+            return
         self.coef, self.last_entropy = float(state["coef"]), float(state["last_entropy"])
         self._sum, self._tokens = float(state["window_sum"]), float(state["window_tokens"])

@@ -140,7 +140,8 @@ def needs_whole_micro_batch(config: GRPOConfig) -> bool:
     """True when the loss takes a statistic over the whole user micro-batch (the high-entropy
     quantile of ``top_entropy_quantile < 1``), so calling :func:`grpo_loss` on row slices
     changes it; the caller then passes whole micro-batches (or that statistic's pool, the
-    ``entropy_pool`` keyword)."""
+    ``entropy_pool`` keyword; not enough with an entropy bonus, whose divisor, the
+    micro-batch's high-entropy tokens, grpo_loss then counts itself: whole micro-batches only)."""
     return config.top_entropy_quantile < 1.0
 
 

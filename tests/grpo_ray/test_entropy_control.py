@@ -65,10 +65,17 @@ def test_state_round_trip_mid_window():
     control.step()
     window(control, (3.0, 2.0))  # half a window pending at the checkpoint
     state = control.state_dict()
-    assert all(isinstance(v, float) for v in state.values())
+    assert all(isinstance(v, float) for k, v in state.items() if k != "adaptive")  # plain data for torch.load
     resumed = EntropyControl(GRPOConfig(**ADAPTIVE))
     resumed.load_state_dict(state)
     assert resumed.applied_coef == control.applied_coef == 0.02
     window(control, (1.0, 2.0))
     window(resumed, (1.0, 2.0))
     assert resumed.step() == control.step() and resumed.last_entropy == control.last_entropy == 1.0
+    # Resumed without adaptive control, or switching it on over a static run's state: the config's coefficient.
+    static = EntropyControl(GRPOConfig(entropy_coef=0.07))
+    static.load_state_dict(state)
+    assert static.applied_coef == 0.07 and static.step() == {"entropy_coef": 0.07}
+    switched = EntropyControl(GRPOConfig(**ADAPTIVE))
+    switched.load_state_dict(EntropyControl(GRPOConfig(entropy_coef=0.07)).state_dict())
+    assert switched.coef == 0.01 and switched.last_entropy == math.inf
