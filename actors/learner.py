@@ -21,6 +21,7 @@ from grpo_ray.batching import (
 )
 from grpo_ray.checkpoint import LEARNER_STATE
 from grpo_ray.config import TrainConfig
+from grpo_ray.entropy_control import EntropyControl
 from grpo_ray.loss import grpo_loss, mask_truncated_completions, needs_whole_micro_batch
 from grpo_ray.modeling import CompletionLogprobs, load_policy, load_tokenizer, probe_logprobs
 from grpo_ray.rollout_batch import RolloutBatch
@@ -153,6 +154,7 @@ class Learner:
             o.lr_scheduler_type, self.optimizer, num_warmup_steps=int(o.warmup_ratio * total), num_training_steps=total
         )
         self.version = 0  # bumped by every optimizer step
+        self.entropy_control = EntropyControl(config.grpo)  # the entropy bonus's coefficient (adaptive or not)
         self.rank, self.world_size = rank, config.batch.num_processes
         self.backend = make_backend(config, self.score, self.optimizer, rank)
         self._store: Any = None  # the TCPStore rank 0 hosts for a group being formed
@@ -240,6 +242,7 @@ class Learner:
         py_version, py_internal, py_gauss = random.getstate()
         state = extra | {
             "version": self.version,
+            "entropy_control": self.entropy_control.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -256,6 +259,8 @@ class Learner:
         state = torch.load(Path(path) / LEARNER_STATE, map_location="cpu", weights_only=True)
         self.backend.load_state(Path(path), state)
         self.scheduler.load_state_dict(state["scheduler"])
+        if "entropy_control" in state:  # (absent from checkpoints older than the entropy bonus)
+            self.entropy_control.load_state_dict(state["entropy_control"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
@@ -269,29 +274,33 @@ class Learner:
 
     # -- logprobs --------------------------------------------------------------------------------
 
-    def _logps(self, model: Any, batch: RolloutBatch, forward: Forward, with_entropy: bool = False) -> Any:
+    def _logps(
+        self, model: Any, batch: RolloutBatch, forward: Forward, with_entropy: bool = False, loss_fn: Any = None
+    ) -> Any:
         """Logprobs ``[n, t]`` of ``batch``'s rows trimmed to ``forward``'s widths; ``model``: a
-        :class:`CompletionLogprobs` (or the backend's wrapper of one).
+        :class:`CompletionLogprobs` (or the backend's wrapper of one). Given ``loss_fn`` (a
+        :data:`grpo_ray.logprobs.RowLoss`), the fused loss instead: ``(loss, logps, entropies)``,
+        the logprobs and entropies detached.
 
-        Logprobs at padding positions are set to 0: the old, reference and training passes may
-        lay the same row out in forwards of different widths, and a padding position's value
-        would differ between them (the loss masks it, but an overflowing ratio times 0 is NaN).
+        Logprobs at padding positions are set to 0 (``loss_fn`` sees them so too): the old,
+        reference and training passes may lay the same row out in forwards of different widths,
+        and a padding position's value would differ between them (the loss masks it, but an
+        overflowing ratio times 0 is NaN).
         """
         m = self.config.model
         p, t = forward.prompt_width, forward.completion_width
         completion_mask = batch.completion_mask[:, :t]
-        out = model(
-            batch.prompt_ids[:, -p:],
-            batch.prompt_mask[:, -p:],
-            batch.completion_ids[:, :t],
-            completion_mask,
-            temperature=self.config.generation.temperature,
-            impl=m.logprob_impl,
-            chunk_size=m.logprob_chunk_size,
-            with_entropy=with_entropy,
-        )
+        padding = completion_mask == 0
+        args = (batch.prompt_ids[:, -p:], batch.prompt_mask[:, -p:], batch.completion_ids[:, :t], completion_mask)
+        kwargs: dict[str, Any] = dict(temperature=self.config.generation.temperature, impl=m.logprob_impl,
+                                      with_entropy=with_entropy)
+        if loss_fn is not None:
+            masked = lambda rows, logps, ent: loss_fn(rows, logps.masked_fill(padding[rows], 0.0), ent)  # noqa: E731
+            loss, logps, entropy = model(*args, loss_fn=masked, chunk_size=m.fused_loss_chunk_size, **kwargs)
+            return loss, logps.masked_fill(padding, 0.0), entropy
+        out = model(*args, chunk_size=m.logprob_chunk_size, **kwargs)
         logps, entropy = out if with_entropy else (out, None)
-        logps = logps.masked_fill(completion_mask == 0, 0.0)
+        logps = logps.masked_fill(padding, 0.0)
         return (logps, entropy) if with_entropy else logps
 
     def _forwards(
@@ -420,36 +429,59 @@ class Learner:
         loss_kw = dict(
             num_items_in_batch=targets.num_items, gradient_accumulation_steps=c.batch.gradient_accumulation_steps,
             steps_per_generation=c.batch.steps_per_generation_value, num_processes=c.batch.num_processes,
+            entropy_coef=self.entropy_control.applied_coef,
         )
         forwards, micro_index = self._forwards(micro_batches, rows)
         tokens = [targets.mask.index_select(0, index).sum() for index in micro_index]  # each micro-batch's loss tokens
-        whole = {  # micro-batches that one slice holds entirely
+        # model.fused_loss: each forward's gradient is formed inside it (the metrics then come after)
+        fused = c.model.fused_loss and not needs_whole_micro_batch(c.grpo)
+        whole = set() if fused else {  # micro-batches that one slice holds entirely
             s.micro_batch for f, _ in forwards for s in f.slices if s.stop - s.start == len(micro_batches[s.micro_batch])
         }
         seen = None if len(whole) == len(micro_batches) else _Seen.like(targets.mask, self._logp_dtype())
         totals: dict[str, torch.Tensor] = {}
         for i, (forward, index) in enumerate(forwards):
             part = _take(rows.batch, forward, index)
-            logps, entropy = self._logps(self.backend.model, part, forward, with_entropy=True)
             t = forward.completion_width
             mask, old, ref = (None if x is None else x.index_select(0, index)[:, :t] for x in targets.per_token)
-            loss = 0.0
-            for s in forward.slices:
-                k = slice(s.start, s.stop)
-                piece, metrics = grpo_loss(
-                    logps[k], None if old is None else old[k], None if ref is None else ref[k], part.advantages[k],
-                    mask[k], c.grpo, sampling_logps=part.sampling_logps[k, :t], entropies=entropy[k], **loss_kw,
-                    micro_batch_rows=len(micro_batches[s.micro_batch]), micro_batch_tokens=tokens[s.micro_batch],
-                )
-                loss = loss + piece
-                _add(totals, {"loss": piece.detach()} | (metrics if s.micro_batch in whole else {}))
+
+            def slices_loss(rows_: slice, logps: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
+                """The loss of this forward's rows ``rows_``: over its slices of one micro-batch,
+                :func:`grpo_loss` with that micro-batch's normalisers (metrics kept for whole ones)."""
+                loss = 0.0
+                for s in forward.slices:
+                    lo, hi = max(s.start, rows_.start), min(s.stop, rows_.stop)
+                    if lo >= hi:
+                        continue
+                    k, at = slice(lo, hi), slice(lo - rows_.start, hi - rows_.start)
+                    piece, metrics = grpo_loss(
+                        logps[at], None if old is None else old[k], None if ref is None else ref[k],
+                        part.advantages[k], mask[k], c.grpo, sampling_logps=part.sampling_logps[k, :t],
+                        entropies=None if entropy is None else entropy[at], **loss_kw,
+                        micro_batch_rows=len(micro_batches[s.micro_batch]), micro_batch_tokens=tokens[s.micro_batch],
+                    )
+                    loss = loss + piece
+                    if s.micro_batch in whole:
+                        self.entropy_control.observe(metrics)  # takes out the adaptive controller's statistics
+                        _add(totals, metrics)
+                return loss
+
+            if fused:
+                loss, logps, entropy = self._logps(self.backend.model, part, forward, with_entropy=True,
+                                                   loss_fn=slices_loss)
+            else:
+                logps, entropy = self._logps(self.backend.model, part, forward, with_entropy=True)
+                loss = slices_loss(slice(0, len(index)), logps, entropy)
+            _add(totals, {"loss": loss.detach()})
             if seen is not None:
-                seen.keep(index, logps, entropy)
+                seen.keep(index, logps.detach(), entropy.detach())
             self.backend.backward(loss, boundary=ends_step and i == len(forwards) - 1)
         for m, index in enumerate(micro_index):
             if m not in whole:
                 width = max(1, *(rows.completion_lengths[r] for r in micro_batches[m]))
-                _add(totals, self._micro_step_metrics(index, width, rows, targets, seen, loss_kw))
+                metrics = self._micro_step_metrics(index, width, rows, targets, seen, loss_kw)
+                self.entropy_control.observe(metrics)
+                _add(totals, metrics)
         return totals
 
     @torch.no_grad()
@@ -477,6 +509,7 @@ class Learner:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
         self.version += 1
+        out.update(self.entropy_control.step(self._average_over_ranks if self.world_size > 1 else None))
         out.update({
             "loss": loss, "grad_norm": grad_norm, "learning_rate": lr, "weight_version": float(self.version),
             "skipped": float(skipped),

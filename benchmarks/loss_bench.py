@@ -149,8 +149,9 @@ def flops(b, t, h, v, weight_grad):
     return model, model + 2 * n * h * v  # executed by the impls that recompute the logits in backward
 
 
-def run_case(name, b, t, h, v, impls, warmup, reps, weight_grad=True, check=True, kw_by_impl=None, pad=False):
-    config = GRPOConfig(loss_type="dapo", beta=0.0, epsilon=0.2, max_completion_length=t)
+def run_case(name, b, t, h, v, impls, warmup, reps, weight_grad=True, check=True, kw_by_impl=None, pad=False,
+             entropy_coef=0.0):
+    config = GRPOConfig(loss_type="dapo", beta=0.0, epsilon=0.2, max_completion_length=t, entropy_coef=entropy_coef)
     inp = make_inputs(b, t, h, v, weight_grad=weight_grad, pad=pad)
     model_fl, exec_fl = flops(b, t, h, v, weight_grad)
     rows, outs = [], {}
@@ -323,6 +324,9 @@ def main():
                     help="comma list replacing the default rows (full, torch, triton*, fusedloss, fusedloss-torch, "
                          "liger, liger+tf32; "
                          "also liger-compiled = Liger's default compiled=True)")
+    ap.add_argument("--entropy-coef", type=float, default=None,
+                    help="also the large case with an entropy bonus of this coefficient (its gradient through "
+                         "the entropies) on those of full, torch, triton and fusedloss that run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -384,6 +388,9 @@ def main():
     if args.lora:
         rows += run_case("large-lora", 16, 1024, 4096, 151936, [i for i in impls if i != "liger+tf32"],
                          1, 3, weight_grad=False)
+    if args.entropy_coef is not None:
+        with_bonus = [i for i in ("full", "torch", "triton", "fusedloss") if i in impls]
+        rows += run_case("large-entropy", 16, 1024, 4096, 151936, with_bonus, 1, 3, entropy_coef=args.entropy_coef)
     if args.breakdown:
         result["forward_only"] = forward_only(16, 1024, 4096, 151936)
     if args.pad:

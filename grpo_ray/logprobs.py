@@ -12,6 +12,10 @@ at ``token_ids``, ``[B, T]`` float32, computed chunk by chunk:
   weight requires grad, ``grad_W_c += D.T @ hidden``. Peak extra memory is one ``[C, Vc]``
   chunk (plus the fp32 ``[B*T, H]`` grad_hidden accumulator), never ``[B*T, V]``.
   Tokens whose ``g`` is exactly 0 (padding under a mask) are skipped in backward.
+* the entropy ``H = -sum_j p_j log p_j`` (``with_entropy=True``) is differentiable too: with
+  ``g_H = dL/dH``, ``dH/dz_j = -p_j (log p_j + H)`` per tempered logit, so the same pass forms
+  ``D = (g onehot(y) - p (g + g_H (log p + H))) / tau`` (from the saved logsumexp and entropy);
+  a loss that does not use the entropies costs nothing more.
 
 Implementations (``impl``):
 
@@ -26,16 +30,15 @@ Implementations (``impl``):
 * ``"auto"``: ``triton`` on CUDA when Triton imports and the dtype is fp16/bf16, else
   ``torch`` (fp32 included: the kernels' exact-fp32 dots do not use the tensor cores).
 
-Precision: logsumexp, softmax and the returned logprobs are fp32 (float64 when the inputs
-are float64, for gradient checks). The entropy (``with_entropy=True``) is returned detached:
-it is a metric, not part of the loss.
+Precision: logsumexp, softmax and the returned logprobs and entropies are fp32 (float64 when
+the inputs are float64, for gradient checks).
 
 The backward is first-order only (no double backward). Under ``torch.no_grad()`` (reference
 and old-policy logprobs) nothing is saved for backward.
 
-Training with a loss of the logprobs: :func:`fused_linear_loss` takes the loss as a closure
-over chunks of whole rows and forms the gradients to ``hidden`` and ``weight`` in its forward
-pass, from each chunk's logits held once over the whole vocabulary: executed FLOPs 6NHV with a
+Training with a loss of the logprobs (and entropies): :func:`fused_linear_loss` takes the loss as
+a closure over chunks of whole rows and forms the gradients to ``hidden`` and ``weight`` in its
+forward pass, from each chunk's logits held once over the whole vocabulary: executed FLOPs 6NHV with a
 trainable head (4NHV frozen) against 8NHV (6NHV) for ``token_logprobs`` then the loss, whose
 backward recomputes the logits. See its docstring.
 
@@ -104,9 +107,7 @@ def full_logprobs(
     logps = logp_all.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
         return logps
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logps, entropy
+    return logps, -(logp_all.exp() * logp_all).sum(-1)
 
 
 _MM_OUT_DTYPE = True  # torch has a GEMM with an fp32 output for 16-bit CUDA operands; cleared on failure
@@ -149,7 +150,7 @@ class _RunningStats:
         lse_c = torch.logsumexp(z, dim=-1)
         new_lse = torch.logaddexp(self.lse, lse_c)
         if self.ez is not None:
-            ez_c = (torch.softmax(z, dim=-1) * z).sum(-1)
+            ez_c = (torch.exp(z - lse_c.unsqueeze(1)) * z).sum(-1)  # E_softmax[z] over the slice
             self.ez = self.ez * torch.exp(self.lse - new_lse) + ez_c * torch.exp(lse_c - new_lse)
         self.lse = new_lse
 
@@ -182,13 +183,22 @@ def _torch_forward(h, w, y, inv_t, chunk_size, vocab_chunk_size, with_entropy):
     return lse, tgt, ent
 
 
-def _torch_dlogits_(z, yc, lse_c, coef_c, inv_t, v_offset, out_dtype):
-    """D = coef * (onehot(y) - softmax) from raw logits ``z`` ``[C, Vc]`` (acc dtype), computed
-    in place in ``z`` (which is spent), returned in ``out_dtype``."""
+def _torch_dlogits_(z, yc, lse_c, coef_c, inv_t, v_offset, out_dtype, ent_c=None, ecoef_c=None):
+    """D = coef * (onehot(y) - p) from raw logits ``z`` ``[C, Vc]`` (acc dtype), p the softmax of
+    the tempered logits; with ``ecoef_c`` (dL/dH / tau, per token) and the entropies ``ent_c``,
+    also the entropy's part ``- ecoef * p * (log p + H)``. Computed in place in ``z`` (which is
+    spent; one more ``[C, Vc]`` temporary for the entropy's part), returned in ``out_dtype``."""
     acc = z.dtype
     if inv_t != 1.0:
         z.mul_(inv_t)
-    z.sub_(lse_c.to(acc).unsqueeze(1)).exp_().mul_(-coef_c.to(acc).unsqueeze(1))
+    z.sub_(lse_c.to(acc).unsqueeze(1))  # log p
+    coef = coef_c.to(acc).unsqueeze(1)
+    if ecoef_c is None:
+        z.exp_().mul_(-coef)
+    else:
+        p = torch.exp(z)
+        z.add_(ent_c.to(acc).unsqueeze(1)).mul_(ecoef_c.to(acc).unsqueeze(1)).add_(coef).mul_(p).neg_()
+        del p
     vc = z.shape[1]
     rel = yc - v_offset
     inside = ((rel >= 0) & (rel < vc)).to(acc)
@@ -196,17 +206,17 @@ def _torch_dlogits_(z, yc, lse_c, coef_c, inv_t, v_offset, out_dtype):
     return z.to(out_dtype)
 
 
-def _torch_dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset):
-    """D = coef * (onehot(y) - softmax) for one [C, Vc] tile, in hc's dtype."""
-    return _torch_dlogits_(_mm_acc(hc, wc.t()), yc, lse_c, coef_c, inv_t, v_offset, hc.dtype)
+def _torch_dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset, ent_c=None, ecoef_c=None):
+    """D (:func:`_torch_dlogits_`) for one [C, Vc] tile, in hc's dtype."""
+    return _torch_dlogits_(_mm_acc(hc, wc.t()), yc, lse_c, coef_c, inv_t, v_offset, hc.dtype, ent_c, ecoef_c)
 
 
-def _triton_dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset, mode="fused"):
+def _triton_dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset, ent_c=None, ecoef_c=None, mode="fused"):
     from kernels import logprobs_triton as K
 
     if mode == "cublas":
-        return K.dlogits_cublas(hc, wc, yc, lse_c, coef_c, inv_t, v_offset)
-    return K.dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset)
+        return K.dlogits_cublas(hc, wc, yc, lse_c, coef_c, inv_t, v_offset, ent=ent_c, ecoef=ecoef_c)
+    return K.dlogits(hc, wc, yc, lse_c, coef_c, inv_t, v_offset, ent=ent_c, ecoef=ecoef_c)
 
 
 _ACC_MM_MODE = "addmm"  # how 16-bit CUDA GEMMs accumulate into fp32; downgraded on failure
@@ -236,8 +246,12 @@ def _acc_mm_(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     c += (a @ b).to(c.dtype)
 
 
-def _backward(h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk_size, dlogits_fn, grad_w=None):
-    """grad_hidden [N, H] and grad_W [V, H] (None where not needed) from coef = g / tau.
+def _backward(
+    h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk_size, dlogits_fn, grad_w=None,
+    ent=None, ecoef=None,
+):
+    """grad_hidden [N, H] and grad_W [V, H] (None where not needed) from coef = g / tau and, when
+    the entropies ``ent`` have a gradient g_H, ``ecoef = g_H / tau`` (None: no entropy term).
     ``grad_w``: a [V, H] tensor to add grad_W into (returned), instead of a new one."""
     n, hdim = h.shape
     v = w.shape[0]
@@ -245,15 +259,19 @@ def _backward(h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk
     add = grad_w is not None
     if need_w and grad_w is None:
         grad_w = torch.zeros_like(w)
-    # Skip tokens whose upstream gradient is exactly zero (masked padding).
-    active = (coef != 0).nonzero().squeeze(1)
+    # Skip tokens whose upstream gradients are exactly zero (masked padding).
+    live = coef != 0 if ecoef is None else (coef != 0) | (ecoef != 0)
+    active = live.nonzero().squeeze(1)
     n_act = int(active.numel())
     if n_act == 0:
         return (torch.zeros_like(h) if need_h else None), grad_w
+    if ecoef is None:
+        ent = None
     if n_act < n:
         h_a, y_a, lse_a, coef_a = h.index_select(0, active), y[active], lse[active], coef[active]
+        ent_a, ecoef_a = (None, None) if ecoef is None else (ent[active], ecoef[active])
     else:
-        h_a, y_a, lse_a, coef_a = h, y, lse, coef
+        h_a, y_a, lse_a, coef_a, ent_a, ecoef_a = h, y, lse, coef, ent, ecoef
     grad_h = torch.zeros((n_act, hdim), device=h.device, dtype=acc) if need_h else None
     single = n_act <= chunk_size  # one token chunk: grad_W chunks are written whole, no accumulator
     for v0 in range(0, v, vocab_chunk_size):
@@ -265,7 +283,8 @@ def _backward(h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk
         for n0 in range(0, n_act, chunk_size):
             n1 = min(n0 + chunk_size, n_act)
             hc = h_a[n0:n1]
-            d = dlogits_fn(hc, wc, y_a[n0:n1], lse_a[n0:n1], coef_a[n0:n1], inv_t, v0)  # [C, Vc]
+            ent_c, ecoef_c = (None, None) if ecoef_a is None else (ent_a[n0:n1], ecoef_a[n0:n1])
+            d = dlogits_fn(hc, wc, y_a[n0:n1], lse_a[n0:n1], coef_a[n0:n1], inv_t, v0, ent_c, ecoef_c)  # [C, Vc]
             if need_h:
                 _acc_mm_(grad_h[n0:n1], d, wc)
             if need_w:
@@ -302,7 +321,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, w, y, inv_t, chunk_size, vocab_chunk_size, impl, with_entropy):
         lse, tgt, ent = _forward(impl, h, w, y, inv_t, chunk_size, vocab_chunk_size, with_entropy)
-        ctx.save_for_backward(h, w, y, lse)
+        ctx.save_for_backward(h, w, y, lse, ent)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no work for it
         ctx.cfg = (inv_t, chunk_size, vocab_chunk_size, impl)
         if impl == "triton":  # the backward mode in force now, not at backward time
             from kernels.logprobs_triton import BWD_MODE
@@ -310,23 +330,21 @@ class _ChunkedLogprobs(torch.autograd.Function):
             ctx.dlogits_fn = functools.partial(_triton_dlogits, mode=BWD_MODE)
         else:
             ctx.dlogits_fn = _torch_dlogits
-        logps = tgt - lse
-        if ent is None:
-            return logps, None
-        ctx.mark_non_differentiable(ent)
-        return logps, ent
+        return tgt - lse, ent
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_logps, grad_ent):
-        h, w, y, lse = ctx.saved_tensors
+        h, w, y, lse, ent = ctx.saved_tensors
         inv_t, chunk_size, vocab_chunk_size, impl = ctx.cfg
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if grad_logps is None or not (need_h or need_w):
+        if (grad_logps is None and grad_ent is None) or not (need_h or need_w):
             return (None,) * 8
-        coef = grad_logps.to(lse.dtype) * inv_t
+        coef = torch.zeros_like(lse) if grad_logps is None else grad_logps.to(lse.dtype) * inv_t
+        ecoef = None if grad_ent is None else grad_ent.to(lse.dtype) * inv_t
         grad_h, grad_w = _backward(
-            h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk_size, ctx.dlogits_fn
+            h, w, y, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk_size, ctx.dlogits_fn,
+            ent=ent, ecoef=ecoef,
         )
         return grad_h, grad_w, None, None, None, None, None, None
 
@@ -353,8 +371,8 @@ def token_logprobs(
         temperature: the sampling temperature (> 0) the logits are divided by.
         chunk_size: tokens per chunk (``ModelConfig.logprob_chunk_size``).
         impl: 'auto', 'torch', 'triton' or 'full' (see the module docstring).
-        with_entropy: also return the per-token entropy of the tempered distribution
-            (detached).
+        with_entropy: also return the per-token entropy of the tempered distribution; it is
+            differentiable (an entropy bonus in the loss sends its gradient back through it).
         vocab_chunk_size: vocabulary entries per chunk (torch forward, and both backwards).
 
     Returns:
@@ -407,7 +425,7 @@ def token_logprobs(
 DEFAULT_FUSED_CHUNK_SIZE = 1024
 
 #: ``loss_fn(rows, logps, entropies) -> loss``: the loss of rows ``rows`` (a slice of the batch)
-#: from their ``[rows, T]`` logprobs (and detached entropies, or None).
+#: from their ``[rows, T]`` logprobs (and entropies, or None).
 RowLoss = Callable[[slice, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 def _held_row_stats(impl, z, y, inv_t, vocab_chunk_size, with_entropy):
@@ -423,11 +441,12 @@ def _held_row_stats(impl, z, y, inv_t, vocab_chunk_size, with_entropy):
     return stats.result()
 
 
-def _held_grads(impl, z, h, w, y, lse, coef, inv_t, need_h, need_w, vocab_chunk_size, grad_w):
+def _held_grads(impl, z, h, w, y, lse, coef, inv_t, need_h, need_w, vocab_chunk_size, grad_w, ent=None, ecoef=None):
     """grad_hidden ``[C, H]`` of one chunk (None if not needed) and grad_W with the chunk's part
     added (a new tensor when ``grad_w`` is None), from its held raw logits ``z`` ``[C, V]``, which
-    this spends: per vocabulary slice, ``D = coef * (onehot - softmax)`` is formed in ``h``'s
-    dtype, ``grad_h += D @ W_c`` (fp32 accumulator), ``grad_W_c (+)= D.T @ h``."""
+    this spends: per vocabulary slice, ``D = coef * (onehot - softmax)`` (plus the entropy's
+    part when ``ecoef`` is given, see :func:`_torch_dlogits_`) is formed in ``h``'s dtype,
+    ``grad_h += D @ W_c`` (fp32 accumulator), ``grad_W_c (+)= D.T @ h``."""
     c, v = z.shape
     first = grad_w is None
     if need_w and first:
@@ -440,9 +459,9 @@ def _held_grads(impl, z, h, w, y, lse, coef, inv_t, need_h, need_w, vocab_chunk_
     for v0 in range(0, v, vocab_chunk_size):
         v1 = min(v0 + vocab_chunk_size, v)
         if impl == "triton":
-            d = K.dlogits_from_logits(z[:, v0:v1], y, lse, coef, inv_t, v0, h.dtype)
+            d = K.dlogits_from_logits(z[:, v0:v1], y, lse, coef, inv_t, v0, h.dtype, ent=ent, ecoef=ecoef)
         else:
-            d = _torch_dlogits_(z[:, v0:v1], y, lse, coef, inv_t, v0, h.dtype)
+            d = _torch_dlogits_(z[:, v0:v1], y, lse, coef, inv_t, v0, h.dtype, ent, ecoef)
         wc = w[v0:v1]
         if need_h:
             _acc_mm_(grad_h, d, wc)
@@ -458,20 +477,23 @@ def _held_grads(impl, z, h, w, y, lse, coef, inv_t, need_h, need_w, vocab_chunk_
 
 
 def _row_loss_and_grad(loss_fn, rows, logps, entropies, need_grad):
-    """The closure's loss on one row chunk (detached) and its gradient to ``logps`` (or None)."""
+    """The closure's loss on one row chunk (detached), its gradient to ``logps`` (or None without
+    ``need_grad``) and to ``entropies`` (None also when the loss does not depend on them)."""
     with torch.enable_grad():
         x = logps.detach().requires_grad_(need_grad)
-        loss = loss_fn(rows, x, entropies)
+        e = None if entropies is None else entropies.detach().requires_grad_(need_grad)
+        loss = loss_fn(rows, x, e)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             raise ValueError(f"loss_fn must return a 0-dim tensor, got {type(loss).__name__} "
                              f"{tuple(getattr(loss, 'shape', ()))}")
-        grad = None
+        grad = grad_e = None
         if need_grad:
             if loss.requires_grad:
-                (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+                grad, *rest = torch.autograd.grad(loss, [x] if e is None else [x, e], allow_unused=True)
+                grad_e = rest[0] if rest else None
             if grad is None:  # the loss does not depend on these logprobs
                 grad = torch.zeros_like(x)
-    return loss.detach(), grad
+    return loss.detach(), grad, grad_e
 
 
 def _fused_forward(h, w, y, loss_fn, b, t, inv_t, chunk_size, vocab_chunk_size, impl, with_entropy, need_h, need_w):
@@ -507,16 +529,21 @@ def _fused_forward(h, w, y, loss_fn, b, t, inv_t, chunk_size, vocab_chunk_size, 
         if ent is not None:
             ent[n0:n1] = ent_c
         ent_rows = None if ent_c is None else ent_c.view(r1 - r0, t)
-        loss_c, g = _row_loss_and_grad(loss_fn, slice(r0, r1), lp.view(r1 - r0, t), ent_rows, need_h or need_w)
+        rows = slice(r0, r1)
+        loss_c, g, g_ent = _row_loss_and_grad(loss_fn, rows, lp.view(r1 - r0, t), ent_rows, need_h or need_w)
         loss += loss_c
         if g is None:
             continue
         coef = g.reshape(-1).to(acc) * inv_t
+        ecoef = None if g_ent is None else g_ent.reshape(-1).to(acc) * inv_t  # the entropies' gradient, if any
         if held:
-            gh, grad_w = _held_grads(impl, z, hc, w, yc, lse, coef, inv_t, need_h, need_w, vocab_chunk_size, grad_w)
+            gh, grad_w = _held_grads(
+                impl, z, hc, w, yc, lse, coef, inv_t, need_h, need_w, vocab_chunk_size, grad_w, ent_c, ecoef
+            )
         else:
             gh, grad_w = _backward(
-                hc, w, yc, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk_size, dlogits_fn, grad_w=grad_w
+                hc, w, yc, lse, coef, inv_t, need_h, need_w, chunk_size, vocab_chunk_size, dlogits_fn, grad_w=grad_w,
+                ent=ent_c, ecoef=ecoef,
             )
         if need_h:
             grad_h[n0:n1] = gh
@@ -581,9 +608,11 @@ def fused_linear_loss(
 
     Per chunk of ``max(1, chunk_size // T)`` rows: the chunk's raw logits over the whole
     vocabulary are formed once (one GEMM, fp32), then their logsumexp, target logit and entropy;
-    ``loss_fn`` runs on the chunk's logprobs with autograd on that small tensor, giving
-    ``g = dL/dlogp``; then, per vocabulary slice of the held logits,
-    ``D = g / tau * (onehot(y) - softmax)``, ``grad_hidden += D @ W_c`` and (if ``weight``
+    ``loss_fn`` runs on the chunk's logprobs (and entropies) with autograd on those small
+    tensors, giving ``g = dL/dlogp`` (and ``g_H = dL/dH`` when the loss uses the entropies, e.g.
+    an entropy bonus); then, per vocabulary slice of the held logits,
+    ``D = (g onehot(y) - p (g + g_H (log p + H))) / tau`` (p the softmax; without ``g_H``, as
+    without entropies, that term is not formed), ``grad_hidden += D @ W_c`` and (if ``weight``
     requires grad) ``grad_W_c += D.T @ h``. Executed FLOPs 6NHV with a trainable head, 4NHV
     frozen: the logits are never recomputed. Backward multiplies the stored gradients by the
     upstream gradient of the loss (in place) and hands them on, once.
@@ -597,13 +626,14 @@ def fused_linear_loss(
         weight: ``[V, H]`` the LM head; its gradient is formed only when it requires grad.
         token_ids: ``[B, T]``.
         loss_fn: see above. Its other inputs (old logprobs, advantages, mask...) are constants:
-            gradients reach ``hidden`` and ``weight`` through the logprobs only.
+            gradients reach ``hidden`` and ``weight`` through the logprobs and entropies only.
         temperature: the logits are divided by it.
         chunk_size: tokens per chunk whose ``[C, V]`` fp32 logits are held (``C x V x 4``
             bytes); rounded down to whole rows.
         vocab_chunk_size: vocabulary entries per slice of ``D`` (and of the two-pass rows).
         impl: 'auto', 'torch' or 'triton' (CUDA: cuBLAS GEMMs, the softmax passes in Triton).
-        with_entropy: also compute per-token entropies (detached; passed to ``loss_fn``).
+        with_entropy: also compute per-token entropies (passed to ``loss_fn``, differentiable
+            there; returned detached).
 
     Returns:
         ``(loss, logps, entropies)``: the summed loss (0-dim, differentiable to ``hidden`` and

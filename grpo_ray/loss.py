@@ -17,12 +17,15 @@ with ``importance_sampling_level='sequence'``, GSPO)::
     l_t += beta * KL_t (x r if use_bias_correction_kl)   KL_t: the k1/k2/k3 estimator
 
 (the weights and masks are in ``grpo_ray.loss_weights``), and the per-token losses are reduced
-by the ``loss_type`` normaliser (``LOSS_REDUCERS``).
+by the ``loss_type`` normaliser (``LOSS_REDUCERS``). With ``entropy_coef`` (or adaptive entropy
+control, ``grpo_ray.entropy_control``) the loss is then ``L_policy - c * H``, H the mean
+per-token entropy over the trained tokens (:func:`entropy_bonus`), whatever the normaliser.
 
 Slices of a micro-batch: the learner may call :func:`grpo_loss` on some rows of a user's
 micro-batch at a time; ``micro_batch_rows`` and ``micro_batch_tokens`` then carry that
 micro-batch's normalisers so the slices' losses sum to the micro-batch's. Every term is
-local to its row except the high-entropy quantile (:func:`needs_whole_micro_batch`).
+local to its row except the high-entropy quantile (:func:`needs_whole_micro_batch`), which with
+an entropy bonus also sets the bonus's token count.
 """
 
 from __future__ import annotations
@@ -112,11 +115,33 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str) ->
     raise ValueError(f"unknown kl_estimator {estimator!r}")
 
 
+def entropy_bonus(entropies: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The entropy bonus H of the objective ``L = L_policy - c * H`` (entropy regularisation, as in
+    A3C, Mnih et al. 2016, arXiv:1602.01783; TRL 1.16's ``entropy_coef``): the mean per-token
+    entropy over ``mask``, i.e. ``sum(entropies * mask) / tokens`` with ``tokens`` the mask's
+    token count in the whole micro-batch (a slice's share when called on a slice). Not
+    rescaled by the loss_type's normaliser, so c means the same for every loss_type.
+    Differentiable through ``entropies`` (``[B, T]``, with their gradient to the logits)."""
+    return (entropies * mask).sum() / tokens
+
+
+def entropy_bonus_enabled(config: GRPOConfig) -> bool:
+    """True when the loss has an entropy bonus term: a static ``entropy_coef != 0``, or adaptive
+    control (whose coefficient may be 0 for a while and come back)."""
+    return config.entropy_coef != 0.0 or config.use_adaptive_entropy
+
+
+#: Metrics :func:`grpo_loss` adds under adaptive entropy control: the entropy summed over the
+#: bonus's tokens, and their count; the controller (``grpo_ray.entropy_control``) takes them out.
+ENTROPY_SUM, ENTROPY_TOKENS = "entropy_control/entropy_sum", "entropy_control/tokens"
+
+
 def needs_whole_micro_batch(config: GRPOConfig) -> bool:
     """True when the loss takes a statistic over the whole user micro-batch (the high-entropy
     quantile of ``top_entropy_quantile < 1``), so calling :func:`grpo_loss` on row slices
     changes it; the caller then passes whole micro-batches (or that statistic's pool, the
-    ``entropy_pool`` keyword)."""
+    ``entropy_pool`` keyword; not enough with an entropy bonus, whose divisor, the
+    micro-batch's high-entropy tokens, grpo_loss then counts itself: whole micro-batches only)."""
     return config.top_entropy_quantile < 1.0
 
 
@@ -137,6 +162,7 @@ def grpo_loss(
     num_processes: int = 1,
     micro_batch_rows: int | None = None,
     micro_batch_tokens: torch.Tensor | float | None = None,
+    entropy_coef: float | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """The GRPO loss of one micro-batch (or a row slice of one) and its metrics.
 
@@ -153,8 +179,9 @@ def grpo_loss(
         sampling_logps: ``[B, T]`` the rollout engine's logprobs (NaN where it gave none); with
             ``config.vllm_importance_sampling_correction`` they enable the engine correction,
             and ``off_policy_mask_threshold`` measures the drift from them (else from old).
-        entropies: ``[B, T]`` per-token entropies: the ``entropy`` metric, and needed by
-            ``top_entropy_quantile < 1``.
+        entropies: ``[B, T]`` per-token entropies: the ``entropy`` metric; needed by
+            ``top_entropy_quantile < 1`` and by the entropy bonus (which differentiates them:
+            pass them with their gradient, e.g. from ``token_logprobs(..., with_entropy=True)``).
         entropy_pool: 1-D entropies the ``top_entropy_quantile`` threshold is taken over: the
             loss tokens of the whole user micro-batch on every process; None = this call's own.
         gradient_accumulation_steps, steps_per_generation, num_processes: TRL's scaling
@@ -164,14 +191,21 @@ def grpo_loss(
             gradient_accumulation_steps / steps_per_generation`` (DDP averages gradients).
         micro_batch_rows: rows of the user micro-batch this call is a slice of (grpo, sapo,
             luspo and dr_grpo divide by it); None = ``B``.
-        micro_batch_tokens: loss tokens of that micro-batch (bnpo divides by it); None =
-            ``mask.sum()``.
+        micro_batch_tokens: loss tokens of that micro-batch (bnpo and the entropy bonus divide
+            by it); None = ``mask.sum()``. With ``top_entropy_quantile < 1`` the bonus divides by
+            this call's high-entropy tokens: an entropy bonus then needs whole micro-batches.
+        entropy_coef: the entropy bonus's coefficient for this step; None = ``config.entropy_coef``.
+            Under ``use_adaptive_entropy`` it is required: the controller's current coefficient
+            (``EntropyControl.applied_coef``), the same for every micro-step of a window.
 
     Returns:
         ``(loss, metrics)``; metrics are detached 0-dim tensors (means over this call's rows):
         ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean`` for the
         clipped types, ``cispo_clip_ratio``, ``vespo/phi_seq_mean``, and ``kl``, ``entropy``,
-        ``is_ratio_mean`` when they apply.
+        ``is_ratio_mean`` when they apply. With an entropy bonus, ``policy_loss`` (the loss
+        without the bonus, before the accumulation scaling, as TRL logs it; a sum over slices);
+        under adaptive control also ``ENTROPY_SUM`` and ``ENTROPY_TOKENS`` (sums over this
+        call's bonus tokens, for the controller).
     """
     if logps.dim() != 2:
         raise ValueError(f"logps must be [B, T], got shape {tuple(logps.shape)}")
@@ -181,6 +215,15 @@ def grpo_loss(
         raise ValueError("config.beta > 0 needs ref_logps (the reference policy's logprobs)")
     if needs_whole_micro_batch(config) and entropies is None:
         raise ValueError("config.top_entropy_quantile < 1 needs entropies (the per-token entropies)")
+    bonus = entropy_bonus_enabled(config)
+    if bonus and entropies is None:
+        raise ValueError("an entropy bonus (config.entropy_coef != 0 or use_adaptive_entropy) needs entropies, "
+                         "with their gradient")
+    if entropy_coef is None:
+        if config.use_adaptive_entropy:
+            raise ValueError("config.use_adaptive_entropy needs entropy_coef=, the coefficient the controller "
+                             "applies now (grpo_ray.entropy_control.EntropyControl.applied_coef)")
+        entropy_coef = config.entropy_coef
     mask = mask.to(logps.dtype)
     rows = logps.shape[0] if micro_batch_rows is None else micro_batch_rows
     tokens: Count = mask.sum() if micro_batch_tokens is None else micro_batch_tokens
@@ -202,8 +245,10 @@ def grpo_loss(
     if config.off_policy_mask_threshold is not None:
         behaviour = old_logps if sampling_logps is None else sampling_logps
         per_token = per_token * off_policy_sequence_mask(adv, logps, behaviour, mask, config.off_policy_mask_threshold)
+    entropy_mask = None
     if config.top_entropy_quantile < 1.0:
-        per_token = per_token * high_entropy_mask(entropies, mask, config.top_entropy_quantile, entropy_pool)
+        entropy_mask = high_entropy_mask(entropies, mask, config.top_entropy_quantile, entropy_pool)
+        per_token = per_token * entropy_mask
     if engine_is is not None and config.loss_type != "vespo":
         per_token = per_token * engine_is
     if config.beta != 0.0:
@@ -223,9 +268,27 @@ def grpo_loss(
         tokens=as_tensor(micro_batch_tokens, mask.sum()),
         num_items=num_items / num_processes * gradient_accumulation_steps / steps_per_generation,
     )
-    loss = LOSS_REDUCERS[config.loss_type](per_token, mask, config, normalisers)
+    policy_loss = LOSS_REDUCERS[config.loss_type](per_token, mask, config, normalisers)
+    loss = policy_loss
     if config.loss_type not in GLOBAL_TOKEN_LOSS_TYPES:
         loss = loss / gradient_accumulation_steps
+    if bonus:
+        # The bonus acts on the tokens the policy term trains (TRL's "effective mask"); it is a
+        # mean over them per micro-batch, divided only by the accumulation steps (DDP averages ranks).
+        bonus_mask = mask if entropy_mask is None else mask * entropy_mask
+        if entropy_coef != 0.0:
+            if entropy_mask is None:
+                tokens = normalisers.tokens
+            elif micro_batch_rows is None or micro_batch_rows == logps.shape[0]:
+                tokens = bonus_mask.sum().clamp(min=1.0)
+            else:
+                raise ValueError("an entropy bonus with top_entropy_quantile < 1 is a mean over the micro-batch's "
+                                 "high-entropy tokens: call grpo_loss on whole micro-batches")
+            loss = loss - entropy_coef * entropy_bonus(entropies, bonus_mask, tokens) / gradient_accumulation_steps
+        metrics["policy_loss"] = policy_loss.detach()
+        if config.use_adaptive_entropy:
+            metrics[ENTROPY_SUM] = (entropies.detach() * bonus_mask).sum()
+            metrics[ENTROPY_TOKENS] = bonus_mask.sum()
     if entropies is not None:
         metrics["entropy"] = masked_mean(entropies.detach(), mask)
     return loss, metrics
@@ -299,6 +362,8 @@ def chunked_grpo_loss(
         impl: 'auto', 'torch', 'triton' or 'full' (``ModelConfig.logprob_impl``).
         with_entropy: also compute per-token entropies and report them as ``metrics['entropy']``
             (otherwise an ``entropies`` keyword, if given, is passed through as in grpo_loss).
+            Always on with an entropy bonus, whose gradient flows through them (in the fused
+            path, folded into each chunk's gradient).
         vocab_chunk_size: vocabulary entries per chunk.
         fused: the gradient-in-forward path (above).
         **grpo_loss_kwargs: passed on to :func:`grpo_loss` (``gradient_accumulation_steps``,
@@ -307,6 +372,7 @@ def chunked_grpo_loss(
     from grpo_ray import logprobs as LP  # local: keeps `import grpo_ray.loss` light
 
     given_entropies = grpo_loss_kwargs.pop("entropies", None)
+    with_entropy = with_entropy or entropy_bonus_enabled(config)
     loss_kw = dict(
         num_items_in_batch=num_items_in_batch, micro_batch_rows=micro_batch_rows,
         micro_batch_tokens=micro_batch_tokens, **grpo_loss_kwargs,

@@ -287,10 +287,36 @@ def completion_grpo_loss(
     )
 
 
+def completion_fused_loss(
+    policy: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    loss_fn: Any,
+    temperature: float,
+    impl: str = "auto",
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(loss, logps, entropies)``: ``loss_fn`` (a :data:`grpo_ray.logprobs.RowLoss`, additive
+    over rows) of ``policy``'s logprobs of the completions through
+    :func:`grpo_ray.logprobs.fused_linear_loss`, its gradient to the hidden states (and the head)
+    formed in this forward; the logprobs and entropies come back detached. The learner's
+    execution batches call it with a closure over their micro-batch slices."""
+    from grpo_ray.logprobs import fused_linear_loss
+
+    hidden, weight, completion_ids = completion_hidden(policy, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    return fused_linear_loss(
+        hidden, weight, completion_ids, loss_fn, temperature=temperature, chunk_size=chunk_size, impl=impl,
+        with_entropy=with_entropy,
+    )
+
+
 class CompletionLogprobs(torch.nn.Module):
     """:func:`completion_logprobs` of ``policy`` as one module (same arguments, less ``policy``);
-    given ``loss_inputs`` (the keyword arguments of :func:`completion_grpo_loss` beyond those),
-    :func:`completion_grpo_loss` instead: ``(loss, metrics)``.
+    given ``loss_fn``, :func:`completion_fused_loss` instead: ``(loss, logps, entropies)``.
 
     The learner runs every forward through it, and a train backend wraps it whole: ZeRO-3 gathers
     a sharded weight around the forward of the module that reads it, and the LM head's weight is
@@ -301,9 +327,9 @@ class CompletionLogprobs(torch.nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, *args: Any, loss_inputs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        if loss_inputs is not None:
-            return completion_grpo_loss(self.policy, *args, **loss_inputs, **kwargs)
+    def forward(self, *args: Any, loss_fn: Any = None, **kwargs: Any) -> Any:
+        if loss_fn is not None:
+            return completion_fused_loss(self.policy, *args, loss_fn=loss_fn, **kwargs)
         return completion_logprobs(self.policy, *args, **kwargs)
 
 

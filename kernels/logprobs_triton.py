@@ -8,8 +8,10 @@ that slice in ``BLOCK_N`` tiles and keeps, per token, the running max ``m``, the
 the entropy). The vocabulary is split across programs so that small batches still fill the
 GPU; :func:`lse_forward` merges the per-split partials (``[splits, N]`` floats).
 
-Backward: per chunk of tokens and of the vocabulary, ``D = coef * (onehot(y) - softmax)``
-(``coef = dL/dlogp / temperature``) is formed in the input dtype; the two gradient GEMMs
+Backward: per chunk of tokens and of the vocabulary, ``D = coef * (onehot(y) - p)`` with p the
+softmax and ``coef = dL/dlogp / temperature`` (minus ``ecoef * p * (log p + H)`` when the
+entropies carry a gradient too: ``ecoef = dL/dH / temperature``, as dH/dz_j = -p_j (log p_j + H))
+is formed in the input dtype; the two gradient GEMMs
 (``grad_hidden += D @ W_c``, ``grad_W_c (+)= D.T @ h``) run on cuBLAS in
 :mod:`grpo_ray.logprobs`, where the chunk loops live. ``D`` comes from either
 
@@ -176,9 +178,9 @@ def _fwd_kernel(
 
 @triton.jit(do_not_specialize=["N", "V", "v_offset"])
 def _dlogits_kernel(
-    h_ptr, w_ptr, y_ptr, lse_ptr, coef_ptr, d_ptr,  # [N, K], [Vc, K], [N], [N], [N], [N, Vc]
+    h_ptr, w_ptr, y_ptr, lse_ptr, coef_ptr, ent_ptr, ecoef_ptr, d_ptr,  # [N, K], [Vc, K], [N] x5, [N, Vc]
     N, V, K, stride_hn, stride_wv, stride_dn, v_offset, inv_t,
-    EVEN_K: tl.constexpr, DOT_PREC: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_ENTROPY: tl.constexpr, EVEN_K: tl.constexpr, DOT_PREC: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -202,11 +204,29 @@ def _dlogits_kernel(
     y = tl.load(y_ptr + offs_m, mask=row_ok, other=-1)
     lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
     coef = tl.load(coef_ptr + offs_m, mask=row_ok, other=0.0)
-    p = tl.exp(acc * inv_t - lse[:, None])
+    log_p = acc * inv_t - lse[:, None]
+    p = tl.exp(log_p)
     onehot = (offs_n[None, :] + v_offset) == y[:, None]
-    d = (tl.where(onehot, 1.0, 0.0) - p) * coef[:, None]
+    if HAS_ENTROPY:
+        ent = tl.load(ent_ptr + offs_m, mask=row_ok, other=0.0)
+        ecoef = tl.load(ecoef_ptr + offs_m, mask=row_ok, other=0.0)
+        d = tl.where(onehot, coef[:, None], 0.0) - p * (coef[:, None] + ecoef[:, None] * (log_p + ent[:, None]))
+    else:
+        d = (tl.where(onehot, 1.0, 0.0) - p) * coef[:, None]
     d_ptrs = d_ptr + offs_m.to(tl.int64)[:, None] * stride_dn + offs_n[None, :]
     tl.store(d_ptrs, d.to(d_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def _entropy_inputs(
+    ent: torch.Tensor | None, ecoef: torch.Tensor | None, placeholder: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entropy term's fp32 per-token inputs for a kernel, or ``placeholder`` twice (not read)
+    when there is none (``ecoef`` None)."""
+    if ecoef is None:
+        return placeholder, placeholder
+    if ent is None:
+        raise ValueError("ecoef (the entropies' gradient) needs ent, the entropies")
+    return ent.to(torch.float32).contiguous(), ecoef.to(torch.float32).contiguous()
 
 
 @functools.lru_cache(maxsize=None)
@@ -276,10 +296,14 @@ def dlogits(
     inv_temperature: float,
     v_offset: int,
     out: torch.Tensor | None = None,
+    ent: torch.Tensor | None = None,
+    ecoef: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``D[n, j] = coef[n] * (1[y_n == v_offset + j] - exp(z[n, j] - lse[n]))`` for one vocabulary
-    chunk, ``z = hidden @ weight_chunk.T * inv_temperature``. hidden ``[N, K]``, weight_chunk
-    ``[Vc, K]``; returns ``[N, Vc]`` in hidden's dtype (written into ``out`` if given)."""
+    """``D[n, j] = coef[n] * (1[y_n == v_offset + j] - p[n, j])`` for one vocabulary chunk, with
+    ``p = exp(z - lse)``, ``z = hidden @ weight_chunk.T * inv_temperature``; given ``ecoef`` ``[N]``
+    (dL/dH / temperature) and the entropies ``ent`` ``[N]``, minus ``ecoef[n] * p[n, j] *
+    (log p[n, j] + ent[n])``. hidden ``[N, K]``, weight_chunk ``[Vc, K]``; returns ``[N, Vc]`` in
+    hidden's dtype (written into ``out`` if given)."""
     _check(hidden, weight_chunk)
     n, k = hidden.shape
     vc = weight_chunk.shape[0]
@@ -291,11 +315,13 @@ def dlogits(
     if n == 0 or vc == 0:
         return out
     grid = (triton.cdiv(n, bm) * triton.cdiv(vc, bn),)
+    lse, coef = lse.to(torch.float32).contiguous(), coef.to(torch.float32).contiguous()
+    has_entropy = ecoef is not None
+    ent, ecoef = _entropy_inputs(ent, ecoef, lse)
     _dlogits_kernel[grid](
-        hidden, weight_chunk, token_ids.to(torch.int32).contiguous(),
-        lse.to(torch.float32).contiguous(), coef.to(torch.float32).contiguous(), out,
+        hidden, weight_chunk, token_ids.to(torch.int32).contiguous(), lse, coef, ent, ecoef, out,
         n, vc, k, hidden.stride(0), weight_chunk.stride(0), out.stride(0), int(v_offset),
-        float(inv_temperature),
+        float(inv_temperature), HAS_ENTROPY=has_entropy,
         EVEN_K=(k % bk == 0), DOT_PREC="ieee" if hidden.dtype == torch.float32 else "tf32",
         GROUP_M=8, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
     )
@@ -362,9 +388,9 @@ def _lse_update_kernel(
 
 @triton.jit(do_not_specialize=["Vc", "v_offset"])
 def _dlogits_from_logits_kernel(
-    z_ptr, y_ptr, lse_ptr, coef_ptr, d_ptr,  # [C, Vc] logits, [C] x3, [C, Vc] out
+    z_ptr, y_ptr, lse_ptr, coef_ptr, ent_ptr, ecoef_ptr, d_ptr,  # [C, Vc] logits, [C] x5, [C, Vc] out
     Vc, stride_z, stride_d, v_offset, inv_t,
-    BLOCK_V: tl.constexpr,
+    HAS_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0)
     z_row = z_ptr + row.to(tl.int64) * stride_z
@@ -372,12 +398,22 @@ def _dlogits_from_logits_kernel(
     y = tl.load(y_ptr + row)
     lse = tl.load(lse_ptr + row)
     coef = tl.load(coef_ptr + row)
+    ent = 0.0
+    ecoef = 0.0
+    if HAS_ENTROPY:
+        ent = tl.load(ent_ptr + row)
+        ecoef = tl.load(ecoef_ptr + row)
     for v0 in range(0, Vc, BLOCK_V):
         offs = v0 + tl.arange(0, BLOCK_V)
         ok = offs < Vc
         z = tl.load(z_row + offs, mask=ok, other=0.0).to(tl.float32)
-        p = tl.exp(z * inv_t - lse)
-        d = (tl.where(offs + v_offset == y, 1.0, 0.0) - p) * coef
+        log_p = z * inv_t - lse
+        p = tl.exp(log_p)
+        onehot = offs + v_offset == y
+        if HAS_ENTROPY:
+            d = tl.where(onehot, coef, 0.0) - p * (coef + ecoef * (log_p + ent))
+        else:
+            d = (tl.where(onehot, 1.0, 0.0) - p) * coef
         tl.store(d_row + offs, d.to(d_ptr.dtype.element_ty), mask=ok)
 
 
@@ -481,20 +517,25 @@ def dlogits_from_logits(
     inv_temperature: float,
     v_offset: int,
     out_dtype: torch.dtype,
+    ent: torch.Tensor | None = None,
+    ecoef: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`dlogits` from held raw logits ``[C, Vc]`` (fp32; a column slice of a wider chunk is
-    fine: any row stride, unit column stride) of vocabulary entries ``v_offset ...``; one pass,
-    returns ``[C, Vc]`` in ``out_dtype``."""
+    """:func:`dlogits` (``ent``/``ecoef`` likewise) from held raw logits ``[C, Vc]`` (fp32; a column
+    slice of a wider chunk is fine: any row stride, unit column stride) of vocabulary entries
+    ``v_offset ...``; one pass, returns ``[C, Vc]`` in ``out_dtype``."""
     if logits.stride(-1) != 1:
         raise ValueError("logits must be contiguous in their last dimension")
     c, vc = logits.shape
     out = torch.empty((c, vc), device=logits.device, dtype=out_dtype)
     if c == 0 or vc == 0:
         return out
+    lse, coef = lse.to(torch.float32).contiguous(), coef.to(torch.float32).contiguous()
+    has_entropy = ecoef is not None
+    ent, ecoef = _entropy_inputs(ent, ecoef, lse)
     _dlogits_from_logits_kernel[(c,)](
-        logits, token_ids.to(torch.int32).contiguous(), lse.to(torch.float32).contiguous(),
-        coef.to(torch.float32).contiguous(), out, vc, logits.stride(0), out.stride(0), int(v_offset),
-        float(inv_temperature), BLOCK_V=_block_v(vc), num_warps=8,
+        logits, token_ids.to(torch.int32).contiguous(), lse, coef, ent, ecoef, out, vc, logits.stride(0),
+        out.stride(0), int(v_offset), float(inv_temperature), HAS_ENTROPY=has_entropy,
+        BLOCK_V=_block_v(vc), num_warps=8,
     )
     return out
 
@@ -507,8 +548,10 @@ def dlogits_cublas(
     coef: torch.Tensor,
     inv_temperature: float,
     v_offset: int,
+    ent: torch.Tensor | None = None,
+    ecoef: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same output as :func:`dlogits`, from an fp32 cuBLAS logits chunk."""
     _check(hidden, weight_chunk)
     z = _logits_f32(hidden, weight_chunk)
-    return dlogits_from_logits(z, token_ids, lse, coef, inv_temperature, v_offset, hidden.dtype)
+    return dlogits_from_logits(z, token_ids, lse, coef, inv_temperature, v_offset, hidden.dtype, ent=ent, ecoef=ecoef)

@@ -16,8 +16,8 @@ from tests.support.tiny import tiny_config
 @pytest.mark.parametrize("lora", [True, False])
 def test_fused_loss_learner_steps_like_the_plain_one(checkpoint, tmp_path, lora, monkeypatch):
     calls = []
-    fused_loss = modeling.completion_grpo_loss
-    monkeypatch.setattr(modeling, "completion_grpo_loss", lambda *a, **k: calls.append(1) or fused_loss(*a, **k))
+    fused_loss = modeling.completion_fused_loss
+    monkeypatch.setattr(modeling, "completion_fused_loss", lambda *a, **k: calls.append(1) or fused_loss(*a, **k))
     sections = dict(lora={"enabled": lora}, generation={"temperature": 0.7}, grpo={"beta": 0.04, "loss_type": "grpo"})
     plain = Learner(tiny_config(checkpoint, tmp_path, **sections))
     # 6-token completions, 12-token chunks: two completions per chunk, four chunks per micro-step.

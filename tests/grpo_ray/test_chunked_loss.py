@@ -14,7 +14,7 @@ import torch
 from grpo_ray import logprobs, loss as loss_module
 from grpo_ray.config import CLIPPED_LOSS_TYPES, LOSS_TYPES, GRPOConfig
 from grpo_ray.logprobs import full_logprobs
-from grpo_ray.loss import chunked_grpo_loss, grpo_loss
+from grpo_ray.loss import chunked_grpo_loss, entropy_bonus_enabled, grpo_loss, needs_whole_micro_batch
 
 D = torch.float64
 B, T, H, V = 4, 11, 8, 53  # 44 tokens: chunks of 5 tokens and 16 vocabulary entries are ragged
@@ -69,17 +69,19 @@ def run_both(config, *, weight_grad=True, use_old=True, use_sampling=True, impl=
         sampling_logps=sampling if use_sampling else None,
         num_items_in_batch=num_items if config.loss_type == "dapo" else None,
     )
+    with_entropy = entropy_bonus_enabled(config) or needs_whole_micro_batch(config)
     loss, metrics = chunked_grpo_loss(
         hidden, weight, ids, mask, adv, config, temperature=TEMP, vocab_chunk_size=16,
-        impl=impl, **kw, **extra, **PATHS[path],
+        impl=impl, with_entropy=with_entropy, **kw, **extra, **PATHS[path],
     )
     params = [hidden, weight] if weight_grad else [hidden]
     grads = torch.autograd.grad(loss, params)
 
-    logps = full_logprobs(hidden, weight, ids, TEMP)
+    logps, ent = full_logprobs(hidden, weight, ids, TEMP, with_entropy=True)
     ref_loss, ref_metrics = grpo_loss(
         logps, kw["old_logps"], kw["ref_logps"], adv, mask, config,
-        num_items_in_batch=kw["num_items_in_batch"], sampling_logps=kw["sampling_logps"], **extra,
+        num_items_in_batch=kw["num_items_in_batch"], sampling_logps=kw["sampling_logps"],
+        entropies=ent if with_entropy else None, **extra,
     )
     ref_grads = torch.autograd.grad(ref_loss, params)
     return (loss, metrics, grads), (ref_loss, ref_metrics, ref_grads)
@@ -164,6 +166,46 @@ def test_row_slices_with_micro_batch_normalisers_sum_to_the_whole(loss_type, pat
     hidden, weight, ids, mask, adv, old, _, _ = inputs()
     # (dapo's num_items_in_batch is global already)
     kw = dict(temperature=TEMP, vocab_chunk_size=16, impl="torch", num_items_in_batch=70.0, **PATHS[path])
+    whole, _ = chunked_grpo_loss(hidden, weight, ids, mask, adv, config, old_logps=old, **kw)
+    want = torch.autograd.grad(whole, [hidden, weight])
+    parts = sum(
+        chunked_grpo_loss(
+            hidden[rows], weight, ids[rows], mask[rows], adv[rows], config, old_logps=old[rows],
+            micro_batch_rows=B, micro_batch_tokens=mask.sum(), **kw,
+        )[0]
+        for rows in (slice(0, 1), slice(1, 4))
+    )
+    torch.testing.assert_close(parts, whole, rtol=1e-12, atol=1e-14)
+    for g, w in zip(torch.autograd.grad(parts, [hidden, weight]), want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("loss_type,extra", [
+    ("grpo", dict(entropy_coef=0.1)),
+    ("dapo", dict(entropy_coef=-0.2, beta=0.04, importance_sampling_level="sequence")),
+    ("bnpo", dict(entropy_coef=0.1, top_entropy_quantile=0.5)),  # takes the unfused path (whole micro-batch)
+    ("cispo", dict(use_adaptive_entropy=True, entropy_coef=0.05)),  # the controller's coefficient passed in
+])
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_entropy_bonus_matches_grpo_loss_on_full_logits(loss_type, extra, path, weight_grad):
+    """The bonus's gradient reaches the hidden states and the head through the entropies: in the
+    fused path folded into each chunk's D, in the unfused one through token_logprobs' backward."""
+    config = config_for(loss_type, **extra)
+    kw = {"entropy_coef": 0.3} if config.use_adaptive_entropy else {}
+    got, want = run_both(config, path=path, weight_grad=weight_grad, extra=kw)
+    assert_same(got, want)
+    no_bonus, _ = run_both(config_for(loss_type, **(extra | dict(entropy_coef=0.0, use_adaptive_entropy=False))),
+                           path=path, weight_grad=weight_grad)
+    assert not torch.allclose(got[2][0], no_bonus[2][0])  # the bonus moved the gradient to the hidden states
+    assert "policy_loss" in got[1] and "entropy" in got[1]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_entropy_bonus_on_row_slices_sums_to_the_whole(path):
+    config = config_for("grpo", entropy_coef=0.2)
+    hidden, weight, ids, mask, adv, old, _, _ = inputs()
+    kw = dict(temperature=TEMP, vocab_chunk_size=16, impl="torch", **PATHS[path])
     whole, _ = chunked_grpo_loss(hidden, weight, ids, mask, adv, config, old_logps=old, **kw)
     want = torch.autograd.grad(whole, [hidden, weight])
     parts = sum(

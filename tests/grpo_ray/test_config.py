@@ -81,6 +81,10 @@ def test_valid_edge_cases_are_accepted():
                vllm_importance_sampling_clip_max=None)
     GRPOConfig(vllm_importance_sampling_mode="sequence_mask", vllm_importance_sampling_clip_max=None)
     GRPOConfig(top_entropy_quantile=0.0, off_policy_mask_threshold=0.5, kl_estimator="k1", use_bias_correction_kl=False)
+    # an entropy penalty; a static coefficient outside the adaptive bounds; adaptive control from 0 at the bounds
+    GRPOConfig(entropy_coef=-0.01)
+    GRPOConfig(entropy_coef=5.0)
+    GRPOConfig(use_adaptive_entropy=True, entropy_coef=0.0, entropy_coef_max=0.0, entropy_target=0.0)
     # 2 unique prompts is the least GRPO accepts
     TrainConfig(batch=BatchConfig(per_device_train_batch_size=8, steps_per_generation=2), grpo=GRPOConfig(num_generations=8))
     # reward_weights are only checked against reward.functions when functions are named
@@ -142,6 +146,14 @@ BAD_CONFIGS = [
     ("entropy quantile > 1", lambda: GRPOConfig(top_entropy_quantile=1.5), ["grpo.top_entropy_quantile", "<= 1"]),
     ("OPSM threshold 0", lambda: GRPOConfig(off_policy_mask_threshold=0.0), ["grpo.off_policy_mask_threshold", "> 0"]),
     ("unknown KL estimator", lambda: GRPOConfig(kl_estimator="k4"), ["grpo.kl_estimator", "'k3'"]),
+    ("entropy_coef NaN", lambda: GRPOConfig(entropy_coef=float("nan")), ["grpo.entropy_coef", "finite"]),
+    ("entropy bounds reversed", lambda: GRPOConfig(entropy_coef_min=0.5, entropy_coef_max=0.1),
+     ["grpo.entropy_coef_max", ">= entropy_coef_min=0.5"]),
+    ("negative entropy bound", lambda: GRPOConfig(entropy_coef_min=-0.1), ["grpo.entropy_coef_min", ">= 0"]),
+    ("entropy step 0", lambda: GRPOConfig(entropy_coef_delta=0.0), ["grpo.entropy_coef_delta", "> 0"]),
+    ("negative entropy target", lambda: GRPOConfig(entropy_target=-1.0), ["grpo.entropy_target", ">= 0"]),
+    ("adaptive entropy starting outside its bounds", lambda: GRPOConfig(use_adaptive_entropy=True, entropy_coef=2.0),
+     ["grpo.entropy_coef=2.0", "use_adaptive_entropy", "[0.0, 1.0]"]),
     ("max_completion_length 0", lambda: GRPOConfig(max_completion_length=0), ["grpo.max_completion_length", ">= 1"]),
     (
         "reward_weights length mismatch",

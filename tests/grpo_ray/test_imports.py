@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CODE = """
 import sys
 import grpo_ray.loss, grpo_ray.advantages, grpo_ray.batching, grpo_ray.config, grpo_ray.cli, grpo_ray.collective
+import grpo_ray.entropy_control
 import grpo_ray.checkpoint, grpo_ray.trainer_state, grpo_ray.guards, grpo_ray.rewards.math, grpo_ray.rewards.pool
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "vllm", "transformers", "trl", "deepspeed"))
 print(",".join(heavy))

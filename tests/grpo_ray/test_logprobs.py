@@ -1,7 +1,8 @@
 """grpo_ray.logprobs on CPU: the chunked torch implementation against the full-logits reference
-in float64 (values, entropies, gradients to hidden and LM head, gradcheck), at sizes that are
-not multiples of the chunks, with temperature != 1, frozen and trainable heads, zero-gradient
-(masked) rows and the no_grad path. GPU / Triton parity lives in tests/kernels."""
+in float64 (values, entropies, gradients to hidden and LM head through the logprobs and through
+the entropies, gradcheck), at sizes that are not multiples of the chunks, with temperature != 1,
+frozen and trainable heads, zero-gradient (masked) rows and the no_grad path. GPU / Triton
+parity lives in tests/kernels."""
 
 import pytest
 import torch
@@ -35,17 +36,24 @@ def test_values_entropy_and_grads_match_full(chunk_size, vocab_chunk, temperatur
     assert out.shape == ids.shape and out.dtype == D
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(ent, ref_ent, rtol=0, atol=1e-12)
-    assert not ent.requires_grad
-    g = torch.randn(ids.shape, dtype=D, generator=torch.Generator().manual_seed(1))
-    gh_ref, gw_ref = torch.autograd.grad((ref * g).sum(), [hidden, weight])
-    gh, gw = torch.autograd.grad((out * g).sum(), [hidden, weight])
-    torch.testing.assert_close(gh, gh_ref, rtol=0, atol=1e-12)
-    torch.testing.assert_close(gw, gw_ref, rtol=0, atol=1e-12)
+    gen = torch.Generator().manual_seed(1)
+    g, g_ent = torch.randn(ids.shape, dtype=D, generator=gen), torch.randn(ids.shape, dtype=D, generator=gen)
+    # through the logprobs only (the entropies unused), through both, through the entropies only
+    for objective in (lambda lp, e: (lp * g).sum(), lambda lp, e: (lp * g + e * g_ent).sum(),
+                      lambda lp, e: (e * g_ent).sum()):
+        want = torch.autograd.grad(objective(ref, ref_ent), [hidden, weight], retain_graph=True)
+        got = torch.autograd.grad(objective(out, ent), [hidden, weight], retain_graph=True)
+        for a, b in zip(got, want):
+            assert b.abs().max() > 1e-3
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("impl", ["torch", "full"])
+def test_gradcheck(impl):
     hidden, weight, ids = make(b=2, t=5, h=6, v=23)
-    fn = lambda h, w: token_logprobs(h, w, ids, temperature=0.7, impl="torch", chunk_size=3, vocab_chunk_size=5)  # noqa: E731
+    # logprobs and entropies, each output's gradient checked: the entropy's is dH/dz = -p (log p + H) / tau
+    kw = dict(temperature=0.7, impl=impl, chunk_size=3, vocab_chunk_size=5, with_entropy=True)
+    fn = lambda h, w: token_logprobs(h, w, ids, **kw)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (hidden, weight))
 
 
@@ -75,6 +83,16 @@ def test_zero_gradient_rows_are_skipped_exactly():
     # All-zero upstream gradient: zero grads, no error.
     gh0, gw0 = torch.autograd.grad((out * 0.0).sum(), [hidden, weight])
     assert torch.all(gh0 == 0) and torch.all(gw0 == 0)
+    # A token with a gradient through its entropy only is not skipped.
+    out, ent = token_logprobs(hidden, weight, ids, impl="torch", chunk_size=4, vocab_chunk_size=16, with_entropy=True)
+    g_ent = torch.zeros(ids.shape, dtype=D)
+    g_ent[1, 3] = 1.0
+    lp_ref, ent_ref = full_logprobs(hidden, weight, ids, with_entropy=True)
+    got = torch.autograd.grad((out * g + ent * g_ent).sum(), [hidden, weight])
+    want = torch.autograd.grad((lp_ref * g + ent_ref * g_ent).sum(), [hidden, weight])
+    assert got[0][1, 3].abs().max() > 0 and torch.all(got[0][1, :3] == 0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_no_grad_path_saves_nothing_and_matches():

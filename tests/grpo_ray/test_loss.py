@@ -1,6 +1,8 @@
 """grpo_ray.loss: hand-worked values for every loss_type and knob, row slices of a micro-batch,
-gradchecks in float64, and a cross-check of value, gradient and metrics against TRL 1.16's real
-``GRPOTrainer._compute_loss`` for every knob and combination it allows."""
+gradchecks in float64, and a cross-check of value, gradient (to the logprobs and, with an entropy
+bonus, to the entropies) and metrics against TRL 1.16's real ``GRPOTrainer._compute_loss`` for
+every knob and combination it allows, and of the adaptive entropy controller
+(grpo_ray.entropy_control) against TRL's over several optimizer steps."""
 
 import dataclasses
 import itertools
@@ -12,8 +14,10 @@ import pytest
 import torch
 
 from grpo_ray.config import LOSS_TYPES, GRPOConfig
+from grpo_ray.entropy_control import EntropyControl
 from grpo_ray.loss import (
-    grpo_loss, mask_truncated_completions, needs_whole_micro_batch, truncated_completions,
+    ENTROPY_SUM, ENTROPY_TOKENS, grpo_loss, mask_truncated_completions, needs_whole_micro_batch,
+    truncated_completions,
 )
 
 D = torch.float64
@@ -225,6 +229,62 @@ def test_top_entropy_quantile_hand_worked():
     assert run(cfg(loss_type="bnpo", top_entropy_quantile=0.4), entropies=ent, entropy_pool=pool)[0] == pytest.approx(0.3)
     with pytest.raises(ValueError, match="entropies"):
         run(cfg(top_entropy_quantile=0.4))
+
+
+def test_entropy_bonus_hand_worked():
+    # Loss-token entropies 1..5 (mean 3; the padding's 100 is ignored). entropy_coef 0.1 subtracts
+    # 0.1 x 3 whatever the loss_type's normaliser: bnpo -0.1 - 0.3, grpo 0.108333 - 0.3. Its
+    # gradient to each loss token's entropy is -0.1 / 5, to the padding's 0; policy_loss is the rest.
+    def bonus_run(config, **kw):
+        ent = t([[1.0, 2.0, 3.0], [4.0, 5.0, 100.0]]).requires_grad_(True)
+        logps = (OLD + LOG_RATIO).requires_grad_(True)
+        loss, metrics = grpo_loss(logps, OLD, None, ADV, MASK, config, entropies=ent, **kw)
+        loss.backward()
+        return loss.item(), ent.grad, metrics
+
+    loss, grad, metrics = bonus_run(cfg(loss_type="bnpo", entropy_coef=0.1))
+    assert loss == pytest.approx(-0.4, abs=1e-12) and metrics["policy_loss"].item() == pytest.approx(-0.1)
+    torch.testing.assert_close(grad, t([[-0.02] * 3, [-0.02, -0.02, 0.0]]))
+    assert bonus_run(cfg(loss_type="grpo", entropy_coef=0.1))[0] == pytest.approx((-2.8 / 3 + 2.3 / 2) / 2 - 0.3)
+    # Accumulation halves both terms; policy_loss is logged before that scaling, as in TRL.
+    loss, grad, metrics = bonus_run(cfg(loss_type="bnpo", entropy_coef=0.1), gradient_accumulation_steps=2)
+    assert loss == pytest.approx(-0.2, abs=1e-12) and metrics["policy_loss"].item() == pytest.approx(-0.1)
+    # top_entropy_quantile 0.4 trains row 1's tokens (entropies 4, 5): the bonus averages those two.
+    loss, grad, _ = bonus_run(cfg(loss_type="bnpo", entropy_coef=0.1, top_entropy_quantile=0.4))
+    assert loss == pytest.approx(0.46 - 0.45, abs=1e-12)
+    torch.testing.assert_close(grad, t([[0.0] * 3, [-0.05, -0.05, 0.0]]))
+    # The coefficient passed in (the adaptive controller's) replaces the config's; 0 is no bonus.
+    assert bonus_run(cfg(loss_type="bnpo", entropy_coef=0.1), entropy_coef=0.2)[0] == pytest.approx(-0.7)
+    loss, grad, metrics = bonus_run(cfg(loss_type="bnpo", use_adaptive_entropy=True), entropy_coef=0.0)
+    assert loss == pytest.approx(-0.1) and grad is None
+    assert metrics[ENTROPY_SUM].item() == 15 and metrics[ENTROPY_TOKENS].item() == 5
+    with pytest.raises(ValueError, match="entropy_coef="):
+        bonus_run(cfg(use_adaptive_entropy=True))
+    with pytest.raises(ValueError, match="entropies"):
+        run(cfg(entropy_coef=0.1))
+
+
+def test_entropy_bonus_on_row_slices():
+    # Slices given the micro-batch's rows and tokens sum to the whole (the bonus divides by the
+    # micro-batch's loss tokens); with top_entropy_quantile < 1 the divisor is the micro-batch's
+    # high-entropy tokens, which a slice cannot count: refused.
+    logps0, old, _, _, adv, mask, ent0 = random_batch(11)
+    config = GRPOConfig(loss_type="grpo", entropy_coef=0.3, max_completion_length=8)
+
+    def call(rows, config=config, **more):
+        logps, ent = logps0.clone().requires_grad_(True), ent0.clone().requires_grad_(True)
+        loss, _ = grpo_loss(logps[rows], old[rows], None, adv[rows], mask[rows], config, entropies=ent[rows], **more)
+        loss.backward()
+        return loss, logps.grad, ent.grad
+
+    whole = call(list(range(6)))
+    parts = [call(rows, micro_batch_rows=6, micro_batch_tokens=mask.sum()) for rows in ([0, 1, 4], [2, 3, 5])]
+    for w, a, b in zip(whole, *parts):
+        torch.testing.assert_close(a + b, w, rtol=1e-12, atol=1e-14)
+    quantile = dataclasses.replace(config, top_entropy_quantile=0.5)
+    call(list(range(6)), quantile, micro_batch_rows=6)  # a whole micro-batch is fine
+    with pytest.raises(ValueError, match="whole micro-batches"):
+        call([0, 1, 4], quantile, micro_batch_rows=6, micro_batch_tokens=mask.sum())
 
 
 def test_cispo_vespo_sapo_hand_worked():
@@ -470,12 +530,16 @@ def test_gradcheck(loss_type, extra):
 class FakeAccelerator:
     """TRL's accelerator for one process of ``num_processes``: reductions stay local, except
     the entropy gather of ``get_high_entropy_mask`` (the one caller of ``pad_across_processes``),
-    which appends the other processes' entropies padded with TRL's sentinel."""
+    which appends the other processes' entropies padded with TRL's sentinel, and the adaptive
+    entropy controller's window reduce (the first ``reduce`` at an optimizer step), which adds
+    ``window_other`` (the other processes' ``[entropy sum, tokens]``) when set."""
 
     def __init__(self, num_processes, other_entropies):
         self.num_processes = num_processes
         self.other = other_entropies
         self.gathering_entropies = False
+        self.sync_gradients = True  # the micro-step ends an accumulation window
+        self.window_other = None
 
     def pad_across_processes(self, x, dim=0, pad_index=0):
         self.gathering_entropies = True
@@ -488,17 +552,16 @@ class FakeAccelerator:
         return torch.cat([x, self.other.float(), torch.full((3,), -1e9)])
 
     def reduce(self, x, reduction="sum"):
+        if self.window_other is not None:
+            x, self.window_other = x + self.window_other, None
         return x
 
     gather_for_metrics = gather
 
 
-def trl_compute_loss(config, logps, inputs, *, entropies, gas=1, spg=1, nproc=1, use_vllm=False, other_entropies=None):
-    """Run TRL's real ``GRPOTrainer._compute_loss`` with a stand-in ``self``.
-
-    ``_get_per_token_logps_and_entropies`` returns our ``logps`` leaf, so TRL's loss can be
-    differentiated with respect to the same tensor as ours. Returns (loss, TRL's metrics).
-    """
+def trl_trainer(config, *, gas=1, spg=1, nproc=1, use_vllm=False, other_entropies=None):
+    """A stand-in ``self`` for TRL's real ``GRPOTrainer._compute_loss`` (:func:`trl_compute_loss`),
+    holding TRL's entropy controller state across calls."""
     from trl.trainer.grpo_trainer import GRPOTrainer  # a dev dependency: missing, the cross-checks fail
 
     fake = SimpleNamespace(
@@ -519,16 +582,33 @@ def trl_compute_loss(config, logps, inputs, *, entropies, gas=1, spg=1, nproc=1,
             sapo_temperature_pos=config.sapo_temperature_pos, sapo_temperature_neg=config.sapo_temperature_neg,
             vespo_k_pos=config.vespo_k_pos, vespo_lambda_pos=config.vespo_lambda_pos,
             vespo_k_neg=config.vespo_k_neg, vespo_lambda_neg=config.vespo_lambda_neg,
+            entropy_target=config.entropy_target, entropy_coef_delta=config.entropy_coef_delta,
+            entropy_coef_min=config.entropy_coef_min, entropy_coef_max=config.entropy_coef_max,
         ),
         accelerator=FakeAccelerator(nproc, other_entropies),
-        _entropy_bonus_enabled=False,
+        # TRL's __init__ of the entropy bonus and its controller
+        entropy_coef=config.entropy_coef,
+        use_adaptive_entropy=config.use_adaptive_entropy,
+        _entropy_bonus_enabled=config.entropy_coef != 0.0 or config.use_adaptive_entropy,
+        _last_world_entropy=float("inf"),
+        _entropy_window_stats=None,
         aux_loss_enabled=False,
         _metrics=defaultdict(lambda: defaultdict(list)),
-        _get_per_token_logps_and_entropies=lambda *a, **k: (logps, entropies, None),
         get_off_policy_mask=GRPOTrainer.get_off_policy_mask,
         get_gamma_weights=GRPOTrainer.get_gamma_weights,
     )
     fake.get_high_entropy_mask = lambda *a: GRPOTrainer.get_high_entropy_mask(fake, *a)
+    return fake
+
+
+def trl_compute_loss(fake, logps, entropies, inputs):
+    """TRL's ``_compute_loss`` on ``fake`` (:func:`trl_trainer`). ``_get_per_token_logps_and_entropies``
+    returns our ``logps`` and ``entropies`` leaves, so TRL's loss can be differentiated with
+    respect to the same tensors as ours. Returns (loss, TRL's metrics of this call)."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    fake._metrics.clear()
+    fake._get_per_token_logps_and_entropies = lambda *a, **k: (logps, entropies, None)
     loss = GRPOTrainer._compute_loss(fake, None, inputs)
     return loss, {k: v[-1] for k, v in fake._metrics["train"].items()}
 
@@ -567,11 +647,9 @@ def random_batch(seed, B=6, T=7):
     return logps.detach(), old, ref, sampling, adv, mask, entropies
 
 
-def compare_with_trl(config, seed, *, engine, num_items=None, gas=1, spg=1, nproc=1, other_entropies=None):
-    """Our loss, gradient and metrics against TRL's on ``random_batch(seed)``. ``engine``: the
-    rollout engine gave logprobs (TRL's ``use_vllm``); ``other_entropies``: the loss-token
-    entropies of the other processes, for the ``top_entropy_quantile`` gather."""
-    logps0, old, ref, sampling, adv, mask, ent = random_batch(seed)
+def trl_inputs(config, batch, *, engine, num_items=None):
+    """TRL's ``inputs`` of ``_compute_loss`` for ``random_batch``'s ``batch``."""
+    logps0, old, ref, sampling, adv, mask, ent = batch
     inputs = {
         "prompt_ids": torch.zeros(len(adv), 2, dtype=torch.long),
         "prompt_mask": torch.ones(len(adv), 2, dtype=torch.long),
@@ -587,32 +665,57 @@ def compare_with_trl(config, seed, *, engine, num_items=None, gas=1, spg=1, npro
         inputs["sampling_per_token_logps"] = sampling
         if config.vllm_importance_sampling_correction:
             inputs["importance_sampling_ratio"] = trl_importance_sampling_ratio(config, old, sampling, mask)
+    return inputs
 
-    theirs_logps = logps0.clone().requires_grad_(True)
-    theirs, trl_metrics = trl_compute_loss(
-        config, theirs_logps, inputs, entropies=ent, gas=gas, spg=spg, nproc=nproc, use_vllm=engine,
-        other_entropies=other_entropies,
-    )
+
+def compare_one_call(config, fake, batch, inputs, *, engine, num_items=None, gas=1, spg=1, other_entropies=None,
+                     entropy_coef=None):
+    """TRL's ``_compute_loss`` on ``fake`` and our ``grpo_loss`` (given ``entropy_coef``) on one
+    batch: the same loss, gradients to the logprobs and the entropies, and metrics. Returns our
+    metrics (for the entropy controller) and TRL's."""
+    logps0, old, ref, sampling, adv, mask, ent = batch
+    theirs_logps, theirs_ent = logps0.clone().requires_grad_(True), ent.clone().requires_grad_(True)
+    theirs, trl_metrics = trl_compute_loss(fake, theirs_logps, theirs_ent, inputs)
     theirs.backward()
 
-    ours_logps = logps0.clone().requires_grad_(True)
+    ours_logps, ours_ent = logps0.clone().requires_grad_(True), ent.clone().requires_grad_(True)
     pool = None if other_entropies is None else torch.cat([ent[mask.bool()], other_entropies])
     ours, metrics = grpo_loss(
         ours_logps, old, ref if config.beta else None, adv, mask, config,
-        num_items_in_batch=num_items, sampling_logps=sampling if engine else None, entropies=ent, entropy_pool=pool,
-        gradient_accumulation_steps=gas, steps_per_generation=spg, num_processes=nproc,
+        num_items_in_batch=num_items, sampling_logps=sampling if engine else None, entropies=ours_ent,
+        entropy_pool=pool, gradient_accumulation_steps=gas, steps_per_generation=spg,
+        num_processes=fake.accelerator.num_processes, entropy_coef=entropy_coef,
     )
     ours.backward()
 
     torch.testing.assert_close(ours, theirs.detach(), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(ours_logps.grad, theirs_logps.grad, rtol=1e-10, atol=1e-14)
-    # TRL also logs per-sequence clip extremes (clip_ratio/low_min, high_max) that we do not.
-    shared = {k for k in trl_metrics if not k.endswith(("_min", "_max"))}
-    assert shared == set(metrics) - {"is_ratio_mean"}
+    if theirs_ent.grad is None or ours_ent.grad is None:  # no entropy bonus (or a 0 coefficient) in either
+        assert all(g is None or not g.any() for g in (theirs_ent.grad, ours_ent.grad))
+    else:
+        torch.testing.assert_close(ours_ent.grad, theirs_ent.grad, rtol=1e-10, atol=1e-14)
+    # TRL also logs per-sequence clip extremes (clip_ratio/low_min, high_max) that we do not, and
+    # the entropy coefficient at optimizer steps (ours: EntropyControl.step, checked by the callers).
+    shared = {k for k in trl_metrics if not k.endswith(("_min", "_max")) and k != "entropy_coef"}
+    assert shared == set(metrics) - {"is_ratio_mean", ENTROPY_SUM, ENTROPY_TOKENS}
     for key in shared:
         # TRL logs the clip ratios in float32 (``.float()``), hence 1e-6
         assert metrics[key].item() == pytest.approx(trl_metrics[key], abs=1e-6), key
-    return ours.detach(), ours_logps.grad
+    return metrics, trl_metrics
+
+
+def compare_with_trl(config, seed, *, engine, num_items=None, gas=1, spg=1, nproc=1, other_entropies=None):
+    """Our loss, gradients and metrics against TRL's on ``random_batch(seed)``. ``engine``: the
+    rollout engine gave logprobs (TRL's ``use_vllm``); ``other_entropies``: the loss-token
+    entropies of the other processes, for the ``top_entropy_quantile`` gather."""
+    batch = random_batch(seed)
+    fake = trl_trainer(config, gas=gas, spg=spg, nproc=nproc, use_vllm=engine, other_entropies=other_entropies)
+    _, trl_metrics = compare_one_call(
+        config, fake, batch, trl_inputs(config, batch, engine=engine, num_items=num_items), engine=engine,
+        num_items=num_items, gas=gas, spg=spg, other_entropies=other_entropies,
+    )
+    if config.entropy_coef:  # a static coefficient, logged as TRL does
+        assert EntropyControl(config).step() == {"entropy_coef": trl_metrics["entropy_coef"]}
 
 
 CLIPS = {
@@ -645,12 +748,14 @@ KLS = [dict(beta=0.0), dict(beta=0.04), dict(beta=0.04, use_bias_correction_kl=F
 SELECTIONS = [
     {}, dict(off_policy_mask_threshold=0.05), dict(top_entropy_quantile=0.25),
     dict(off_policy_mask_threshold=0.05, top_entropy_quantile=0.5), dict(top_entropy_quantile=0.0),
+    dict(entropy_coef=0.05), dict(entropy_coef=-0.1, top_entropy_quantile=0.25),  # a bonus, a penalty
 ]
 
 
 def trl_cases(loss_type):
     """Every combination TRL allows of this loss_type's knobs x engine x KL, with the
-    off-policy mask and the entropy quantile cycled through them; (config, engine?, seed)."""
+    off-policy mask, the entropy quantile and the entropy bonus cycled through them;
+    (config, engine?, seed)."""
     i = 0
     for objective, (engine_name, engine), kl in itertools.product(OBJECTIVES[loss_type], ENGINES.items(), KLS):
         if loss_type == "vespo" and engine_name.startswith("sequence"):
@@ -672,19 +777,68 @@ def test_matches_trl(loss_type):
 def test_matches_trl_with_accumulation_and_processes(loss_type):
     # TRL's scaling for later accumulation steps / several ranks, num_items_in_batch counting the
     # whole generation batch (here about 3x this micro-batch's tokens), and the entropy quantile
-    # over every process's tokens.
+    # over every process's tokens (with an entropy bonus over the tokens it keeps).
     base = dict(loss_type=loss_type, max_completion_length=8, beta=0.04) | VALID[loss_type]
     if loss_type == "cispo":
         base["epsilon_high"] = 1.2
     other = random_batch(99)[6][:4].flatten()  # another process's loss-token entropies
     for extra in (
-        dict(top_entropy_quantile=0.25, off_policy_mask_threshold=0.05),
+        dict(top_entropy_quantile=0.25, off_policy_mask_threshold=0.05, entropy_coef=0.07),
         dict(vllm_importance_sampling_mode="token_mask", vllm_importance_sampling_clip_min=0.5, top_entropy_quantile=0.5),
     ):
         config = GRPOConfig(**(base | extra))
         compare_with_trl(config, seed=7, engine=True, num_items=60, gas=4, spg=2, nproc=2, other_entropies=other)
         compare_with_trl(config, seed=8, engine=False, num_items=20, gas=2, spg=8, nproc=1)
     compare_with_trl(GRPOConfig(**base), seed=9, engine=True, num_items=60, gas=4, spg=2, nproc=2)
+    compare_with_trl(GRPOConfig(**base, entropy_coef=0.02), seed=10, engine=False, num_items=60, gas=4, spg=2, nproc=2)
+
+
+# Per accumulation window (2 micro-steps), a factor on the random entropies (mean about 1.5 nats;
+# dyadic, so that TRL's float32 quantile sees the same values): against the target 1.0 the
+# controller steps down, gates the bonus off, steps up, applies it, hits entropy_coef_max, comes
+# down again and sits at entropy_coef_min.
+ENTROPY_SCALES = [1.0, 0.5, 0.5, 0.25, 0.25, 1.0, 1.0, 1.0, 0.625]
+
+
+@pytest.mark.parametrize("loss_type, extra", [
+    ("grpo", {}), ("dapo", dict(top_entropy_quantile=0.5, beta=0.04)), ("bnpo", dict(entropy_coef_min=0.005)),
+])
+def test_adaptive_entropy_control_matches_trl_over_steps(loss_type, extra):
+    """TRL's controller (in ``_compute_loss``) and ours (grpo_ray.entropy_control) over nine
+    optimizer steps of two micro-steps on two processes: the same loss and gradients at every
+    micro-step (the coefficient applied, gated by the last window's entropy), and after every step
+    the same coefficient, last window entropy (summed over both micro-steps and both processes)
+    and logged ``entropy_coef``."""
+    config = GRPOConfig(**(dict(
+        loss_type=loss_type, max_completion_length=8, use_adaptive_entropy=True, entropy_coef=0.02,
+        entropy_coef_delta=0.01, entropy_coef_max=0.03, entropy_target=1.0,
+    ) | extra))
+    fake = trl_trainer(config, gas=2, nproc=2)
+    ours = EntropyControl(config)
+    applied, coefs = [], []
+    for step, scale in enumerate(ENTROPY_SCALES):
+        other = torch.tensor([scale * 30.0, 21.0], dtype=D)  # the other process's window: mean 1.43 x scale
+        for micro in range(2):
+            batch = list(random_batch(300 + 2 * step + micro))
+            batch[6] = batch[6] * scale
+            fake.accelerator.sync_gradients = micro == 1
+            fake.accelerator.window_other = other if micro == 1 else None
+            applied.append(ours.applied_coef)
+            metrics, trl_metrics = compare_one_call(
+                config, fake, batch, trl_inputs(config, batch, engine=False, num_items=80), engine=False,
+                num_items=80, gas=2, entropy_coef=ours.applied_coef,
+            )
+            ours.observe(metrics)
+            assert ENTROPY_SUM not in metrics  # taken out, not logged
+        logged = ours.step(lambda totals: {"sum": totals["sum"] + other[0].item(), "tokens": totals["tokens"] + 21.0})
+        assert logged == {"entropy_coef": pytest.approx(fake.entropy_coef, abs=1e-15)}
+        assert trl_metrics["entropy_coef"] == pytest.approx(fake.entropy_coef, abs=1e-15)
+        assert ours.last_entropy == pytest.approx(fake._last_world_entropy, rel=1e-12)
+        coefs.append(ours.coef)
+    # The run went through every branch of the rule (and the test would catch a wrong one).
+    assert applied[:2] == [0.0, 0.0]  # first window: no measurement yet, no bonus
+    assert 0.0 in applied[2:] and max(applied) == pytest.approx(0.03) and max(coefs) == pytest.approx(0.03)
+    assert coefs[-2] == pytest.approx(config.entropy_coef_min)
 
 
 # Each knob value the cross-check uses, against the config without it: on the cross-check's
@@ -708,6 +862,8 @@ KNOB_CHANGES = [
     *[(dict(loss_type="dapo"), dict(top_entropy_quantile=q)) for q in (0.25, 0.5, 0.0)],
     (dict(loss_type="dapo", beta=0.04, use_bias_correction_kl=False), dict(use_bias_correction_kl=True)),
     (dict(loss_type="dapo"), dict(beta=0.04)),
+    (dict(loss_type="dapo"), dict(entropy_coef=0.05)),
+    (dict(loss_type="dapo", top_entropy_quantile=0.25), dict(entropy_coef=-0.1)),
 ]
 
 

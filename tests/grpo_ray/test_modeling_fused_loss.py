@@ -13,7 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from grpo_ray.config import GRPOConfig, LoraConfig, ModelConfig
 from grpo_ray.loss import grpo_loss
-from grpo_ray.modeling import CompletionLogprobs, causal_lm, completion_logprobs, prepare_policy
+from grpo_ray.modeling import CompletionLogprobs, causal_lm, completion_grpo_loss, completion_logprobs, prepare_policy
 
 D = torch.float64
 B, P, T, V = 5, 4, 7, 37
@@ -81,9 +81,9 @@ def test_fused_loss_through_the_model_matches_logprobs_then_grpo_loss(setup, los
     )
     counter = norm_grad_counter(policy)
     score = CompletionLogprobs(policy)
-    loss, metrics = score(
-        prompt_ids, prompt_mask, ids, cmask, temperature=0.7, impl="torch", chunk_size=2 * T, with_entropy=True,
-        loss_inputs=dict(advantages=adv, loss_mask=loss_mask, config=config, **kw),
+    loss, metrics = completion_grpo_loss(
+        policy, prompt_ids, prompt_mask, ids, cmask, advantages=adv, loss_mask=loss_mask, config=config,
+        temperature=0.7, impl="torch", chunk_size=2 * T, with_entropy=True, **kw,
     )
     grads = torch.autograd.grad(loss, params)
     assert counter == [1]

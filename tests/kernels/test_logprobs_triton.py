@@ -245,6 +245,50 @@ def test_fused_chunked_grpo_loss_against_float64(dtype, impl, weight_grad, loss_
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("impl,mode,fused,chunk_size", [
+    ("triton", "fused", False, 256), ("triton", "cublas", False, 256),  # token_logprobs' backward, both D kernels
+    ("triton", None, True, 600), ("triton", None, True, 250),  # fused: held rows, rows longer than the chunk
+    ("torch", None, True, 600), ("torch", None, False, 256),
+])
+def test_entropy_bonus_against_float64(dtype, impl, mode, fused, chunk_size, triton_mode):
+    """An entropy bonus (its gradient through the entropies, dH/dz = -p (log p + H) / tau) on every
+    GPU path: loss and gradients against grpo_loss on float64 full-logits logprobs and entropies."""
+    if mode:
+        triton_mode(mode)
+    n_b, n_t = 4, 300
+    hidden, weight, ids = make(n_b, n_t, 200, 5003, dtype, seed=3)
+    mask = torch.ones(n_b, n_t, device="cuda")
+    mask[1] = 0
+    mask[2, 150:] = 0
+    adv = torch.tensor([1.0, -0.5, -1.2, 0.7], device="cuda")
+    cfg = GRPOConfig(loss_type="dapo", entropy_coef=0.5, max_completion_length=n_t)
+    with torch.no_grad():
+        old = full_logprobs(hidden.double(), weight.double(), ids, 0.7).float()
+        old += 0.1 * torch.randn(n_b, n_t, device="cuda")
+    loss, metrics = chunked_grpo_loss(hidden, weight, ids, mask, adv, cfg, temperature=0.7, impl=impl, fused=fused,
+                                      chunk_size=chunk_size, old_logps=old, num_items_in_batch=900.0)
+    grads = torch.autograd.grad(loss, [hidden, weight])
+
+    h64 = hidden.detach().double().requires_grad_(True)
+    w64 = weight.detach().double().requires_grad_(True)
+    lp64, ent64 = full_logprobs(h64, w64, ids, 0.7, with_entropy=True)
+    ref_loss, _ = grpo_loss(lp64, old.double(), None, adv.double(), mask.double(), cfg, num_items_in_batch=900.0,
+                            entropies=ent64)
+    ref_grads = torch.autograd.grad(ref_loss, [h64, w64], retain_graph=True)
+    no_bonus = torch.autograd.grad(ref_loss + 0.5 * (ent64 * mask).sum() / mask.sum(), [h64])[0]
+    err_loss = abs(loss.item() - ref_loss.item()) / max(abs(ref_loss.item()), 1e-6)
+    err_g = [rel(a, b) for a, b in zip(grads, ref_grads)]
+    print(f"\nentropy bonus {impl} {mode} fused={fused} chunk {chunk_size} {dtype}: loss rel {err_loss:.2e} "
+          f"grads {err_g}; the bonus's share of grad_hidden {rel(ref_grads[0], no_bonus):.2e}")
+    _, _, gtol = TOL[dtype]
+    assert err_loss <= (1e-5 if dtype == torch.float32 else 1e-2)
+    for e in err_g:
+        assert e <= 2 * gtol
+    assert rel(ref_grads[0], no_bonus) > 20 * gtol  # the bonus's gradient is no rounding-level detail here
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 @pytest.mark.parametrize("weight_grad", [True, False])
 def test_fused_loss_peak_memory_is_one_chunk_of_logits(impl, weight_grad):
@@ -302,6 +346,13 @@ lse4, tgt4, ent4 = K.lse_forward_cublas(x, w, y, 1 / 0.7, False, chunk_size=4096
 assert ent4 is None and (lse4 - lse2).abs().max() < 1e-4 and (tgt4 - tgt2).abs().max() < 1e-4
 d3 = K.dlogits_cublas(x, w[64:214], y, lse, coef, 1 / 0.7, 64)
 assert (d3.double() - d2).abs().max() < 1e-5
+# D with the entropy's gradient too (ecoef = dL/dH / tau), both kernels.
+ecoef = torch.randn(n)
+d2e = _torch_dlogits(x.double(), w[64:214].double(), y, lse2, coef.double(), 1 / 0.7, 64, ent2, ecoef.double())
+assert (d2e - d2).abs().max() > 1e-2
+for de in (K.dlogits(x, w[64:214], y, lse, coef, 1 / 0.7, 64, ent=ent, ecoef=ecoef),
+           K.dlogits_cublas(x, w[64:214], y, lse, coef, 1 / 0.7, 64, ent=ent, ecoef=ecoef)):
+    assert (de.double() - d2e).abs().max() < 1e-5
 # The autograd path with the triton kernels (resolve_impl refuses CPU, so call it directly).
 from grpo_ray.logprobs import _ChunkedLogprobs, full_logprobs
 x = torch.randn(50, 32, requires_grad=True)
@@ -309,24 +360,32 @@ w = (torch.randn(301, 32) * 0.3).requires_grad_(True)
 y = torch.randint(0, 301, (50,))
 g = torch.randn(50)
 g[7:20] = 0
-ref = full_logprobs(x.double(), w.double(), y, 0.7)
-rx, rw = torch.autograd.grad((ref * g.double()).sum(), [x, w])
-for mode in ("fused", "cublas"):
+g_ent = torch.randn(50)
+g_ent[7:12] = 0  # rows 12-19: a gradient through the entropy only
+ref, ref_ent = full_logprobs(x.double(), w.double(), y, 0.7, with_entropy=True)
+# "fused" mode through the logprobs only, "cublas" mode through the entropies too
+objectives = {"fused": lambda lp, e: (lp * g.to(lp.dtype)).sum(),
+              "cublas": lambda lp, e: (lp * g.to(lp.dtype)).sum() + (e * g_ent.to(e.dtype)).sum()}
+for mode, objective in objectives.items():
+    rx, rw = torch.autograd.grad(objective(ref, ref_ent), [x, w], retain_graph=True)
     K.set_modes(mode, mode)
     lp, ent = _ChunkedLogprobs.apply(x, w, y, 1 / 0.7, 16, 64, "triton", True)
-    gx, gw = torch.autograd.grad((lp * g).sum(), [x, w])
+    gx, gw = torch.autograd.grad(objective(lp, ent), [x, w])
     assert (lp.double() - ref).abs().max() < 1e-4
     assert (gx.double() - rx).abs().max() < 1e-4 and (gw.double() - rw).abs().max() < 1e-4
 # The fused loss (gradient in forward) with the Triton row passes over held logits, and with rows
-# longer than the chunk (two passes through the kernels above), against float64 autograd.
+# longer than the chunk (two passes through the kernels above), against float64 autograd; the
+# loss has an entropy term (its gradient folded into each chunk's D).
 from grpo_ray.logprobs import _FusedLinearLoss
 b, t = 5, 10
 y = torch.randint(0, 301, (b * t,))
-c = torch.randn(b, t)
-fn = lambda rows, lp, ent: (lp * c[rows]).sum() + 0.1 * (lp.sum(-1) ** 2).sum()  # sequence-level term
+c, c_ent = torch.randn(b, t), torch.randn(b, t)
+def fn(rows, lp, ent):  # a sequence-level term, and the entropies
+    entropy_term = 0.3 * (ent * c_ent[rows].to(ent.dtype)).sum()
+    return (lp * c[rows].to(lp.dtype)).sum() + 0.1 * (lp.sum(-1) ** 2).sum() + entropy_term
 ref, ref_ent = full_logprobs(x.double(), w.double(), y, 0.7, with_entropy=True)
 ref = ref.view(b, t)
-ref_loss = (ref * c.double()).sum() + 0.1 * (ref.sum(-1) ** 2).sum()
+ref_loss = fn(slice(0, b), ref, ref_ent.view(b, t))
 rx, rw = torch.autograd.grad(ref_loss, [x, w])
 # chunk 20: 2 rows per held chunk (3 chunks), vocabulary slices of 64 (offsets 0..256); chunk 7 < t:
 # every row in two passes (the kernels above, "cublas" mode: the cheaper one to interpret).
@@ -335,7 +394,7 @@ for chunk in (20, 7):
     loss, lp, ent = _FusedLinearLoss.apply(x, w, y, fn, b, t, 1 / 0.7, chunk, 64, "triton", True)
     gx, gw = torch.autograd.grad(loss, [x, w])
     assert abs(loss.item() - ref_loss.item()) < 1e-3 * max(1.0, abs(ref_loss.item()))
-    assert (lp.view(b, t).double() - ref).abs().max() < 1e-4 and (ent.double() - ref_ent).abs().max() < 1e-4
+    assert (lp.view(b, t).double() - ref).abs().max() < 1e-4 and (ent.double() - ref_ent.detach()).abs().max() < 1e-4
     scale = max(rx.abs().max().item(), rw.abs().max().item())
     assert (gx.double() - rx).abs().max() < 1e-4 * scale and (gw.double() - rw).abs().max() < 1e-4 * scale
 print("ok")

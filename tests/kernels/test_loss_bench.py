@@ -65,3 +65,7 @@ def test_bench_runs_and_implementations_agree(bench):
     swept = bench.run_case("toy-chunks", 4, 24, 32, 300, ["full", "fusedloss-torch"], 1, 1,
                            kw_by_impl={"fusedloss-torch": dict(chunk_size=48, vocab_chunk_size=128)})
     assert max(swept[1]["grad_rel_vs_naive"]) < 3e-2
+    # --entropy-coef: the bonus's rows agree too, and the bonus changed the loss
+    bonus = bench.run_case("toy-entropy", 2, 24, 32, 300, ["full", "torch", "fusedloss-torch"], 1, 1, entropy_coef=1.0)
+    assert all(r["loss_rel_vs_naive"] < 2e-2 and max(r["grad_rel_vs_naive"]) < 3e-2 for r in bonus[1:])
+    assert abs(bonus[0]["loss"] - rows[0]["loss"]) > 0.1
