@@ -19,6 +19,7 @@ from grpo_ray.checkpoint import LEARNER_STATE
 from grpo_ray.config import TrainConfig
 from grpo_ray.loss import grpo_loss, mask_truncated_completions
 from grpo_ray.modeling import CompletionLogprobs, load_policy, load_tokenizer, probe_logprobs
+from grpo_ray.off_policy import needs_old_logprobs
 from grpo_ray.rollout_batch import RolloutBatch
 
 
@@ -227,6 +228,18 @@ class Learner:
             out[start : start + len(rows), : logps.shape[1]] = logps.float()
         return out
 
+    def _old_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """``[N, T]`` logprobs of the policy the PPO ratio is measured against (pi_old), or None
+        when they equal the detached current ones (:func:`grpo_ray.off_policy.needs_old_logprobs`:
+        ``rollout.off_policy_correction``). ``batch.sampling_logps`` are the behaviour policy's."""
+        c = self.config
+        if not needs_old_logprobs(
+            c.rollout.off_policy_correction, c.batch.gradient_accumulation_steps, c.batch.steps_per_generation_value,
+            c.grpo.num_iterations,
+        ):
+            return None
+        return self.logprobs(batch)
+
     # -- training --------------------------------------------------------------------------------
 
     def train_generation(self, batch: RolloutBatch, cycle: int, max_steps: int | None = None) -> list[dict[str, float]]:
@@ -250,10 +263,7 @@ class Learner:
         position = {row: i for i, row in enumerate(mine)}
         batch, mask = batch.select(mine), mask[mine]
         started = time.perf_counter()
-        # Old logprobs are needed only if the weights move within one generation (TRL's rule);
-        # otherwise the detached current logprobs equal them.
-        needs_old = gas % (spg * c.grpo.num_iterations) != 0
-        old = self.logprobs(batch) if needs_old else None
+        old = self._old_logprobs(batch)
         ref = self.logprobs(batch, reference=True) if c.grpo.beta > 0 else None
         self.policy.train()
         results: list[dict[str, float]] = []
