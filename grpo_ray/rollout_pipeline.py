@@ -64,7 +64,6 @@ class Rollout:
     batch: RolloutBatch | None = None
     generated: Interval | None = None  # when the engines were busy with it (time.time())
     engines_free_at: float | None = None  # when the engines finished the rollout before it
-    learner_waited_s: float = 0.0  # how long the learner waited for it
 
 
 class RolloutPipeline:
@@ -110,11 +109,8 @@ class RolloutPipeline:
         if not self.pending or min(self.pending) != cycle:
             raise RuntimeError(f"cycle {cycle} is not the next one the pipeline holds ({sorted(self.pending)})")
         rollout = self.pending.pop(cycle)
-        asked = time.time()
         if rollout.batch is None:
             self._collect(rollout)
-        if rollout.generated is not None:
-            rollout.learner_waited_s = max(0.0, rollout.generated[1] - asked)
         return rollout
 
     def complete(self) -> None:
@@ -148,19 +144,26 @@ class RolloutPipeline:
     # -- what a step reports -----------------------------------------------------------------------
 
     def step_metrics(
-        self, rollout: Rollout, *, learner_version: int, window: Interval, learner_busy: Interval
+        self, rollout: Rollout, *, learner_version: int, window: Interval, learner_busy: Interval,
+        learner_free_since: float,
     ) -> dict[str, float]:
         """Staleness (histogram over the step's completions), who waited for whom, and the overlap
-        achieved: the share of the step during which the engines and the learner were both busy."""
+        achieved: the share of the step during which the engines and the learner were both busy.
+
+        The learner waited for a rollout that ended after it finished its previous batch
+        (``learner_free_since``), wherever the driver was blocked meanwhile (a distributed push
+        queues behind the rollout in flight); the engines waited for the learner when a rollout
+        was started after they had finished the one before it (its weights were not pushed yet)."""
         assert rollout.batch is not None
         samples = len(rollout.batch)
         staleness = rollout.cycle - rollout.policy
+        waited = max(0.0, rollout.generated[1] - learner_free_since) if rollout.generated else 0.0
         out = {
             "async/staleness": float(staleness),
             "async/version_lag": float(learner_version - rollout.batch.weight_version),
             **staleness_histogram(staleness, samples, self.max_staleness),
-            "async/learner_waited_samples": float(samples if rollout.learner_waited_s > 0 else 0),
-            "time/learner_wait_s": rollout.learner_waited_s,
+            "async/learner_waited_samples": float(samples if waited > 0 else 0),
+            "time/learner_wait_s": waited,
             "async/dropped_samples": float(self.dropped_samples),
         }
         held = 0.0

@@ -240,6 +240,7 @@ class GRPOTrainer:
         self._closed = False
         self._stop_signal: int | None = None
         self._saved_step: int | None = None
+        self._learner_free_since: float | None = None  # when the learner finished its last batch (time.time())
         self.state = TrainerState()
         self.resumed_from = resume_from
         self.reward_names: list[str] = ray.get(self.actors.reward_workers[0].names.remote())
@@ -541,8 +542,10 @@ class GRPOTrainer:
         self.version = self.sync_weights()
         summary.update(self.weight_sync.timings)
         summary |= self.pipeline.step_metrics(
-            rollout, learner_version=s.step, window=(began, time.time()), learner_busy=(train_began, train_ended)
+            rollout, learner_version=s.step, window=(began, time.time()), learner_busy=(train_began, train_ended),
+            learner_free_since=self._learner_free_since or began,
         )
+        self._learner_free_since = train_ended
         s.cycle += 1
         s.dropped_samples += int(dropped.sum())
         s.zero_variance_groups += int(flat.sum())
