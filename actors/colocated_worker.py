@@ -18,11 +18,13 @@ running generation:
   the slot of the oldest version no rollout is using, the rollout samples with its version's
   slot. The base weights are shared and frozen, so the learner trains its own adapter while
   the engine reads the base. The KV cache stays awake the whole run (memory: engine weights +
-  KV cache + S + 1 adapter slots + the learner's peak, at once). Full fine-tuning trains the
-  tensors vLLM samples from and is refused (``TrainConfig`` and here).
-- hf (CPU tests): the engine gets its own copy of the policy (it cannot sample from tensors the
-  learner is changing) and each version's weights as a CPU snapshot, loaded before the
-  rollouts that use it.
+  KV cache + S + 1 adapter slots + the learner's peak, at once).
+- vLLM with full fine-tuning: the learner cannot train the tensors vLLM samples from, so it
+  gets its own copy of the weights (one more copy on the GPU, besides its gradients and
+  optimizer); each version is a CPU snapshot that the rollout thread loads into vLLM's
+  weights before the first rollout that names it, between requests.
+- hf (CPU tests): the same with the engine's own copy of the policy (it cannot sample from
+  tensors the learner is changing).
 
 Threads share the GIL; the learner's kernels go to a CUDA stream of its own so that they may
 overlap vLLM's on the card (whether they do is what colocate_bench's ``async`` part measures).
@@ -30,6 +32,7 @@ overlap vLLM's on the card (whether they do is what colocate_bench's ``async`` p
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
@@ -38,8 +41,10 @@ import torch
 
 from actors.learner import Learner
 from actors.rollout_worker import RolloutWorker
-from grpo_ray.config import ConfigError, TrainConfig
+from grpo_ray.config import TrainConfig
 from grpo_ray.rollout_batch import RolloutBatch
+
+log = logging.getLogger("grpo_ray")
 
 #: Seconds a rollout waits for the weight version it was scheduled with before giving up.
 VERSION_WAIT_S = 600.0
@@ -54,13 +59,13 @@ class ColocatedWorker:
         if config.rollout.backend == "vllm":
             from actors.engines.vllm_engine import VLLMEngine
 
-            if self.asynchronous and not config.lora.enabled:
-                raise ConfigError(
-                    f"rollout.max_staleness={config.rollout.max_staleness} in colocate mode with vLLM needs "
-                    "lora.enabled=true: a full fine-tune trains the very tensors vLLM samples from"
-                )
             engine: Any = VLLMEngine(config, colocated=True, lora_slots=slots if self.asynchronous else 1)
-            self.learner = Learner(config, num_cpus, policy=engine.shared_policy())
+            own_copy = self.asynchronous and not config.lora.enabled  # full fine-tuning: not vLLM's tensors
+            if own_copy:
+                log.info("rollout.max_staleness=%d with full fine-tuning: the learner trains its own copy of the "
+                         "weights (one more on the GPU); vLLM gets each version between requests",
+                         config.rollout.max_staleness)
+            self.learner = Learner(config, num_cpus, policy=None if own_copy else engine.shared_policy())
         else:
             from actors.engines.hf import HFEngine
 

@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -54,7 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
-    NvmlPeak, checkpoint, nvml_handle, our_config, prompts, run_part, visible_devices,
+    NvmlPeak, actor_gpus, checkpoint, nvml_handle, our_config, run_driver, run_part, visible_devices,
 )
 
 SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b")
@@ -71,11 +69,6 @@ SMOKE_STEP_ITEMS = (("distributed", 0, SMOKE_SHAPE, True), ("distributed", 1, SM
                     ("colocate", 1, SMOKE_SHAPE, True))
 SYNC_TIMEOUT_S = 60.0
 PART_TIMEOUT_S = {"sync": 300, "step": 480}
-TIME_KEYS = (
-    "time/cycle_s", "time/rollout_s", "time/generate_s", "time/rewards_s", "time/learner_s", "time/train_s",
-    "time/sync_s", "time/sync_check_s", "time/learner_wait_s", "time/rollout_held_s", "time/overlap_s",
-    "async/overlap", "async/staleness",
-)
 
 
 def step_name(mode: str, max_staleness: int, shape: str, lora: bool) -> str:
@@ -108,10 +101,6 @@ def bench_config(
 
 
 # -- functions run inside the actors (``__ray_call__``) ------------------------------------------
-
-
-def _visible_gpus(actor: Any) -> str | None:
-    return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 #: Where a push's time goes: (actor, label, object on the actor, attribute) timed in place. The
@@ -194,8 +183,8 @@ def measure_sync(config: Any, pushes: int) -> dict[str, Any]:
         init_s = time.perf_counter() - started
         learner, worker = actors.learner, actors.rollout_workers[0]
         sync = make_weight_sync(config, actors)
-        gpus = {"learner": ray.get(learner.__ray_call__.remote(_visible_gpus)),
-                "engine": ray.get(worker.__ray_call__.remote(_visible_gpus))}
+        gpus = {"learner": ray.get(learner.__ray_call__.remote(actor_gpus)),
+                "engine": ray.get(worker.__ray_call__.remote(actor_gpus))}
         print(f"    actors up in {init_s:.1f}s on CUDA_VISIBLE_DEVICES {gpus}, sync backend {sync.backend}", flush=True)
         ray.get([learner.__ray_call__.remote(_time_stages, "learner"), worker.__ray_call__.remote(_time_stages, "engine")])
         t = time.perf_counter()
@@ -256,43 +245,12 @@ def part_step(
     workdir: Path, mode: str, smoke: bool, steps: int, max_staleness: int = 0, shape: str | None = None,
     lora: bool = True,
 ) -> dict[str, Any]:
-    import ray
-
-    from grpo_ray.trainer import GRPOTrainer
-
     shape = shape or (SMOKE_SHAPE if smoke else STEP_SHAPE)
     path = checkpoint(workdir, shape)
     out = workdir / f"step-{step_name(mode, max_staleness, shape, lora)}"
-    shutil.rmtree(out, ignore_errors=True)
     config = bench_config(path, out, lora=lora, mode=mode, smoke=smoke, steps=steps, max_staleness=max_staleness)
     nvml = [] if smoke else [NvmlPeak(d) for d in visible_devices()]
-    rows = [{"prompt": p} for p in prompts(config.batch.effective_batch_size // config.grpo.num_generations)]
-    started = time.perf_counter()
-    trainer = GRPOTrainer(config, rows)
-    try:
-        init_s = time.perf_counter() - started
-        roles = {"learner": trainer.actors.learner, "engine": trainer.actors.rollout_workers[0]}
-        gpus = {role: ray.get(a.__ray_call__.remote(_visible_gpus)) for role, a in roles.items()}
-        print(f"  step {mode}: actors up in {init_s:.1f}s on CUDA_VISIBLE_DEVICES {gpus}", flush=True)
-        trainer.run()
-    finally:
-        trainer.shutdown()
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    records = [r for r in records if r["step"] >= 1]
-    later = records[1:] or records
-    median = {k: statistics.median(r[k] for r in later) for k in TIME_KEYS if all(k in r for r in later)}
-    longer = max(median["time/generate_s"], median["time/train_s"])
-    histogram = {k.rsplit("/", 1)[1]: sum(r[k] for r in records) for k in records[0] if k.startswith("async/staleness_hist/")}
-    return {
-        "mode": mode, "max_staleness": max_staleness, "shape": shape, "lora": lora, "init_s": init_s,
-        "cuda_visible_devices": gpus, "median_of_steps": [r["step"] for r in later], "median": median,
-        # the step against its longer phase (the engine's generate or the learner's train), medians
-        "step_over_longer_phase": median["time/cycle_s"] / longer if longer else None,
-        "staleness_histogram": histogram,
-        "steps": [{"step": r["step"], **{k: r.get(k) for k in TIME_KEYS}, "completion_length": r["completion_length"],
-                   "weight_version_sampled": r["weight_version_sampled"]} for r in records],
-        "nvml_peak_gib": {p.device: p.take() for p in nvml},
-    }
+    return {"shape": shape, **run_driver(config, nvml)}
 
 
 # -- driver --------------------------------------------------------------------------------------

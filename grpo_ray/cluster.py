@@ -138,15 +138,6 @@ def place_actors(config: TrainConfig) -> Actors:
     from actors.train_backends import EVERY_RANK
 
     specs = bundles(config)
-    r = config.rollout
-    if resolve_mode(config) == "colocate" and r.max_staleness and r.backend == "vllm" and not config.lora.enabled:
-        from grpo_ray.config import ConfigError
-
-        raise ConfigError(
-            f"rollout.max_staleness={r.max_staleness}: run.mode='auto' chose colocate (one GPU), where a full fine-tune "
-            "(lora.enabled=false) trains the very tensors vLLM samples from: set lora.enabled=true, "
-            "run.mode='distributed' (two GPUs), or rollout.max_staleness=0"
-        )
     if uses_gpu(config) and ray.cluster_resources().get("GPU", 0) < sum(b.get("GPU", 0) for b in specs):
         raise RuntimeError(
             f"rollout.backend={config.rollout.backend!r} (run.mode={resolve_mode(config)!r}) needs "

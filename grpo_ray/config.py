@@ -692,15 +692,6 @@ class TrainConfig:
                 "which is off: set grpo.vllm_importance_sampling_correction=true (or rollout.max_staleness=0 and "
                 "rollout.off_policy_correction='tis')"
             )
-        if self.rollout.max_staleness and self.run.mode == "colocate" and self.rollout.backend == "vllm" and not (
-            self.lora.enabled
-        ):
-            raise ConfigError(
-                f"{stale} with run.mode='colocate' generates while the learner trains, and a full fine-tune "
-                "(lora.enabled=false) trains the very tensors vLLM samples from (one copy of the weights): set "
-                "lora.enabled=true (the engine samples from its own adapter slot), run.mode='distributed', or "
-                "rollout.max_staleness=0"
-            )
 
 
 SECTIONS: dict[str, type] = {

@@ -342,27 +342,37 @@ class GRPOTrainer:
         when the loop collects them."""
         import ray
 
+        started = time.perf_counter()
         try:
             return self.weight_sync.push()
-        except (ray.exceptions.RayActorError, WeightSyncError):
-            if self.actors.colocated:
+        except (ray.exceptions.RayActorError, WeightSyncError) as err:
+            died = [] if self.actors.colocated else self._rollout_workers_died(err)
+            if not died:
                 raise
+            workers = self.actors.rollout_workers
+            try:
+                for index in died:
+                    self._wait_alive("rollout", index, workers[index])
+            except ray.exceptions.RayActorError:  # not restarted (run.max_worker_restarts spent)
+                raise err from None
             version = ray.get(self.actors.learner.weight_version.remote())
-            restarted = []
-            for index, worker in enumerate(self.actors.rollout_workers):
-                self._wait_alive("rollout", index, worker)
+            log.warning("rollout worker(s) %s died during the weight sync: giving them version %d alone", died, version)
+            self.state.worker_restarts += len(died)
+            for worker in workers:  # the restarted ones, and any a failed broadcast left behind
                 if ray.get(worker.weight_version.remote()) != version:
-                    restarted.append(worker)
-            if not restarted:
-                raise
-            log.warning("%d rollout worker(s) died during the weight sync: giving them version %d alone",
-                        len(restarted), version)
-            self.state.worker_restarts += len(restarted)
-            for worker in restarted:
-                self._resync(worker, version)
+                    self._resync(worker, version)
             if self.config.rollout.sync_check:
                 self.weight_sync.check(version)
+            self.weight_sync.timings = {"time/sync_s": time.perf_counter() - started}
             return version
+
+    def _rollout_workers_died(self, err: Exception) -> list[int]:
+        """Indices of the rollout workers whose death ``err`` (from a weight sync) reports."""
+        if isinstance(err, WeightSyncError):
+            return list(err.died)
+        ids = [w._actor_id.hex() for w in self.actors.rollout_workers]
+        actor = getattr(err, "actor_id", None)
+        return [ids.index(actor)] if actor in ids else []
 
     def _resync(self, worker: Any, version: int | None = None) -> None:
         """Give one (restarted) rollout worker the current weights before it serves again."""

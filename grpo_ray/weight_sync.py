@@ -45,7 +45,12 @@ class StaleWeightsError(RuntimeError):
 
 
 class WeightSyncError(RuntimeError):
-    """A weight transfer failed or ran out of time; the message names the actor at fault."""
+    """A weight transfer failed or ran out of time; the message names the actor at fault, ``died``
+    the rollout workers (by index) that died during it."""
+
+    def __init__(self, message: str, died: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.died = died
 
 
 def probe_tokens(vocab_size: int, length: int = PROBE_LENGTH, seed: int = 0) -> list[int]:
@@ -196,7 +201,9 @@ class CollectiveSync(WeightSync):
         ray.wait(everyone, num_returns=len(everyone), timeout=self.timeout_s)
         ready = set(ray.wait(everyone, num_returns=len(everyone), timeout=0)[0])
         problems: list[tuple[int, str]] = []  # (0 died, 1 stalled, 2 failed: likely the others' victim), text
-        for name, ref in [*((f"rollout worker {i}", r) for i, r in enumerate(receivers)), ("learner rank 0", sender)]:
+        died: list[int] = []
+        for index, (name, ref) in enumerate([*((f"rollout worker {i}", r) for i, r in enumerate(receivers)),
+                                             ("learner rank 0", sender)]):
             if ref not in ready:
                 problems.append((1, f"{name} did not finish within rollout.sync_timeout_s={self.timeout_s:g}s (stalled)"))
                 continue
@@ -204,12 +211,13 @@ class CollectiveSync(WeightSync):
                 ray.get(ref)
             except ray.exceptions.RayActorError as err:
                 problems.append((0, f"{name} died ({type(err).__name__})"))
+                died += [index] if index < len(receivers) else []
             except ray.exceptions.RayTaskError as err:
                 cause = str(err.cause).strip().splitlines()[0][:200] if str(err.cause).strip() else ""
                 problems.append((2, f"{name} failed: {type(err.cause).__name__}: {cause}"))
         if problems:
             problems.sort(key=lambda p: p[0])
-            raise WeightSyncError(f"could not {what}: " + "; ".join(text for _, text in problems))
+            raise WeightSyncError(f"could not {what}: " + "; ".join(text for _, text in problems), tuple(died))
 
     def resync(self, worker: Any, version: int) -> None:
         super().resync(worker, version)

@@ -217,3 +217,31 @@ def test_colocated_async_on_cpu_trains_like_the_distributed_schedule(baseline, c
         trainer.shutdown()
     assert_same_steps(metrics(out), metrics(baseline))
     assert_within_bound(metrics(out), 1)
+
+
+def _slow_updates(actor, seconds: float) -> None:
+    import time
+
+    inner = actor.engine.update_weights
+
+    def update(*args, **kwargs):
+        time.sleep(seconds)
+        return inner(*args, **kwargs)
+
+    actor.engine.update_weights = update
+
+
+def test_a_rollout_worker_killed_during_a_push_gets_the_weights_once_restarted(cluster, checkpoint, tmp_path):
+    """Asynchronous pushes queue behind rollouts, so a worker that dies while generating fails the push:
+    once Ray restarted it, it gets the weights alone and the guard checks it, instead of the run stopping."""
+    import threading
+
+    trainer = GRPOTrainer(config(checkpoint, tmp_path / "run", 1, run={"save_steps": 0}), ROWS)
+    worker = trainer.actors.rollout_workers[0]
+    try:
+        ray.get(worker.__ray_call__.remote(_slow_updates, 5.0))
+        threading.Timer(2.0, os.kill, (pid_of(worker), signal.SIGKILL)).start()
+        assert trainer.sync_weights() == 0  # the push fails mid-way, the restarted worker is re-synced
+        assert ray.get(worker.weight_version.remote()) == 0 and trainer.state.worker_restarts == 1
+    finally:
+        trainer.shutdown()
