@@ -24,6 +24,7 @@ from grpo_ray.config import TrainConfig
 from grpo_ray.entropy_control import EntropyControl
 from grpo_ray.loss import grpo_loss, mask_truncated_completions, needs_whole_micro_batch
 from grpo_ray.modeling import CompletionLogprobs, load_policy, load_tokenizer, probe_logprobs
+from grpo_ray.off_policy import needs_old_logprobs
 from grpo_ray.rollout_batch import RolloutBatch
 from grpo_ray.schedules import make_scheduler
 
@@ -356,12 +357,16 @@ class Learner:
         return torch.promote_types(next(self.policy.parameters()).dtype, torch.float32)
 
     def _old_logprobs(self, rows: _Rows) -> torch.Tensor | None:
-        """The logprobs the importance ratio divides by, or None when the detached current
-        logprobs equal them: old ones are needed only if the weights move within one generation
-        (TRL's rule)."""
-        b, g = self.config.batch, self.config.grpo
-        needs_old = b.gradient_accumulation_steps % (b.steps_per_generation_value * g.num_iterations) != 0
-        return self._scores(rows) if needs_old else None
+        """``[N, T]`` logprobs of the policy the PPO ratio is measured against (pi_old), or None
+        when they equal the detached current ones (:func:`grpo_ray.off_policy.needs_old_logprobs`:
+        ``rollout.off_policy_correction``). ``rows.batch.sampling_logps`` are the behaviour policy's."""
+        c = self.config
+        if not needs_old_logprobs(
+            c.rollout.off_policy_correction, c.batch.gradient_accumulation_steps, c.batch.steps_per_generation_value,
+            c.grpo.num_iterations,
+        ):
+            return None
+        return self._scores(rows)
 
     # -- training --------------------------------------------------------------------------------
 

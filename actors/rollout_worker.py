@@ -53,7 +53,8 @@ class RolloutWorker:
             completions=as_completions(prompts, texts, num_generations),
             pad_token_id=self.tokenizer.pad_token_id,
             weight_version=self.version,
-            meta={"time/generate_s": time.perf_counter() - started},
+            # generate_end (wall clock): when the engine was free again, for the driver's overlap metric
+            meta={"time/generate_s": time.perf_counter() - started, "time/generate_end": time.time()},
         )
 
     def update_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:

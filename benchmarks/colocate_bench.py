@@ -2,6 +2,8 @@
 
     python benchmarks/colocate_bench.py all --out results.json     # every part, one process each
     python benchmarks/colocate_bench.py rollout|step|trl --trl-util 0.35
+    python benchmarks/colocate_bench.py async --max-staleness 1     # the driver's colocated step, asynchronous
+    python benchmarks/colocate_bench.py all --parts async --out async.json   # max_staleness 0 and 1, same call
 
 Random-weight Qwen2.5-0.5B-shaped model (``recipes.tiny_model.random_checkpoint``), bf16.
 Each part runs in its own process (one vLLM engine per process):
@@ -21,6 +23,13 @@ Each part runs in its own process (one vLLM engine per process):
   time and NVML peaks per phase, start-up split (vLLM's own figures included), memory breakdown.
 * trl: TRL's GRPOTrainer, ``use_vllm=True, vllm_mode="colocate"``, sleep mode on, the same
   model, LoRA, batch and micro-batch, at ``--trl-util`` GPU memory utilisation.
+* async: the step's config through the real driver (``GRPOTrainer``, ``run.mode='colocate'``) at
+  ``rollout.max_staleness`` ``--max-staleness``: 0 is the synchronous loop; 1 generates cycle
+  t + 1 (vLLM, the previous adapter's slot, KV cache awake) while the learner trains cycle t in
+  the same process (its own CUDA stream). The phases overlap, so it reports the step
+  (``time/cycle_s``), each phase's busy time (``time/generate_s``, ``time/train_s``), the waits,
+  the overlap achieved (``async/overlap`` = time both busy / step) and NVML's peak (the KV cache
+  and the learner's peak at once), median of steps 2..N. ``--smoke``: the same on CPU (hf engine).
 
 Peak memory: ``torch.cuda.max_memory_allocated`` (torch's view, as TRL reports) and the
 process's GPU memory as NVML sees it (context, cuBLAS workspace, CUDA graph pool included).
@@ -295,6 +304,26 @@ def part_sync_full(workdir: Path) -> dict:
     return out
 
 
+def part_async(workdir: Path, steps: int, max_staleness: int, max_num_seqs: int | None, smoke: bool) -> dict:
+    import dataclasses
+
+    from benchmarks.common import run_driver
+
+    if smoke:  # CPU: the hf engine, a 2-layer model, toy batches (distributed_bench's smoke config)
+        from benchmarks.distributed_bench import SMOKE_SHAPE, bench_config
+
+        path = checkpoint(workdir, SMOKE_SHAPE)
+        config = bench_config(path, workdir / f"async-s{max_staleness}", lora=True, mode="colocate", smoke=True,
+                              steps=steps, max_staleness=max_staleness)
+        return run_driver(config)
+    base = our_config(checkpoint(workdir), workdir, lora=True, max_num_seqs=max_num_seqs)
+    config = dataclasses.replace(
+        base, rollout=dataclasses.replace(base.rollout, max_staleness=max_staleness),
+        run=dataclasses.replace(base.run, max_steps=steps, output_dir=str(workdir / f"async-s{max_staleness}")),
+    )
+    return run_driver(config, [NvmlPeak()])
+
+
 def part_trl(workdir: Path, util: float, steps: int) -> dict:
     import torch
     from datasets import Dataset
@@ -350,7 +379,7 @@ def budgets(text: str) -> list[int | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["all", "rollout", "step", "sync_full", "trl", "single_card"])
+    parser.add_argument("part", choices=["all", "rollout", "step", "sync_full", "trl", "single_card", "async"])
     parser.add_argument("--workdir", default="/tmp/colocate-bench")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--trl-steps", type=int, default=3)
@@ -366,6 +395,8 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="single_card: rollout.enforce_eager (no CUDA graphs)")
     parser.add_argument("--no-compile", action="store_true",
                         help="single_card: rollout.compile=false (full decode graphs, no torch.compile)")
+    parser.add_argument("--max-staleness", type=int, default=1, help="async: rollout.max_staleness")
+    parser.add_argument("--smoke", action="store_true", help="async: on CPU (hf engine, a 2-layer model)")
     parser.add_argument("--trl-util", type=float, default=0.35)
     parser.add_argument("--trl-utils", default="0.35,0.08")
     parser.add_argument("--parts", default="rollout,step,sync_full,trl")
@@ -382,15 +413,22 @@ def main() -> None:
             "single_card": lambda: part_single_card(workdir, args.steps, args.four_bit, args.prompts, args.shape,
                                                     args.eager, not args.no_compile),
             "trl": lambda: part_trl(workdir, args.trl_util, args.trl_steps),
+            "async": lambda: part_async(workdir, args.steps, args.max_staleness, args.max_num_seqs, args.smoke),
         }[args.part]()
         print("RESULT " + json.dumps(result), flush=True)
         return
     import torch
 
-    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": torch.cuda.get_device_name(0)}
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device}
     for part in args.parts.split(","):
         common = ["--workdir", str(workdir)]
-        if part == "trl":
+        if part == "async":  # both schedules, same config, one process each
+            for staleness in (0, 1):
+                argv = ["async", "--max-staleness", str(staleness), "--steps", str(args.steps), *common,
+                        *(["--smoke"] if args.smoke else [])]
+                results[f"async@{staleness}"] = run_part(__file__, argv, 900, workdir / f"async@{staleness}.log")
+        elif part == "trl":
             for util in args.trl_utils.split(","):
                 argv = ["trl", "--trl-util", util, "--trl-steps", str(args.trl_steps), *common]
                 results[f"trl@{util}"] = run_part(__file__, argv, 900, workdir / f"trl@{util}.log")
@@ -398,7 +436,8 @@ def main() -> None:
             extra = ["--max-tokens-per-forward", args.max_tokens_per_forward] if part == "step" else []
             results[part] = run_part(__file__, [part, "--steps", str(args.steps), *extra, *common], 900,
                                      workdir / f"{part}.log")
-        print(json.dumps({part: results.get(part, {k: v for k, v in results.items() if k.startswith("trl")})})[:3000], flush=True)
+        print(json.dumps({part: results.get(part, {k: v for k, v in results.items() if k.startswith(("trl", "async"))})})[:3000],
+              flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1))
 

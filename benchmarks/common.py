@@ -210,3 +210,60 @@ def run_part(script: str | Path, argv: list[str], timeout: float, log: Path | No
         why = f"timed out after {timeout:.0f}s" if timed_out else f"exit {proc.returncode}"
         return {"error": why, "stdout_tail": "".join(lines)[-2000:], "stderr_tail": tail}
     return json.loads(results[-1][len("RESULT "):])
+
+
+#: Per-step figures of a driver run (metrics.jsonl) that the step benchmarks report.
+DRIVER_KEYS = (
+    "time/cycle_s", "time/rollout_s", "time/generate_s", "time/rewards_s", "time/learner_s", "time/train_s",
+    "time/sync_s", "time/sync_check_s", "time/learner_wait_s", "time/rollout_held_s", "time/overlap_s",
+    "async/overlap", "async/staleness",
+)
+
+
+def actor_gpus(actor: Any) -> str | None:
+    """Run in an actor (``actor.__ray_call__.remote(actor_gpus)``): the GPUs it was given."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def run_driver(config: Any, nvml: list[Any] = ()) -> dict[str, Any]:
+    """The real driver (``GRPOTrainer``) for ``config.run.max_steps`` steps on the benchmark prompts,
+    then its per-step figures: the median over steps 2..N of :data:`DRIVER_KEYS` (the step
+    ``time/cycle_s``; each phase's busy time, the engine's ``time/generate_s`` and the learner's
+    ``time/train_s``; the waits; ``async/overlap`` = time both were busy / step time), the step
+    against its longer phase, and the staleness histogram (completions per staleness, all steps)."""
+    import shutil
+    import statistics
+
+    import ray
+
+    from grpo_ray.trainer import GRPOTrainer
+
+    out = Path(config.run.output_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    rows = [{"prompt": p} for p in prompts(config.batch.effective_batch_size // config.grpo.num_generations)]
+    started = time.perf_counter()
+    trainer = GRPOTrainer(config, rows)
+    try:
+        init_s = time.perf_counter() - started
+        roles = {"learner": trainer.actors.learner, "engine": trainer.actors.rollout_workers[0]}
+        gpus = {role: ray.get(a.__ray_call__.remote(actor_gpus)) for role, a in roles.items()}
+        print(f"  driver {config.run.mode} max_staleness={config.rollout.max_staleness}: actors up in {init_s:.1f}s "
+              f"on CUDA_VISIBLE_DEVICES {gpus}", flush=True)
+        trainer.run()
+    finally:
+        trainer.shutdown()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if r["step"] >= 1]
+    later = records[1:] or records
+    median = {k: statistics.median(r[k] for r in later) for k in DRIVER_KEYS if all(k in r for r in later)}
+    longer = max(median["time/generate_s"], median["time/train_s"])
+    histogram = {k.rsplit("/", 1)[1]: sum(r[k] for r in records) for k in records[0] if k.startswith("async/staleness_hist/")}
+    return {
+        "mode": config.run.mode, "max_staleness": config.rollout.max_staleness, "lora": config.lora.enabled,
+        "init_s": init_s, "cuda_visible_devices": gpus, "median_of_steps": [r["step"] for r in later],
+        "median": median, "step_over_longer_phase": median["time/cycle_s"] / longer if longer else None,
+        "staleness_histogram": histogram,
+        "steps": [{"step": r["step"], **{k: r.get(k) for k in DRIVER_KEYS}, "completion_length": r["completion_length"],
+                   "weight_version_sampled": r["weight_version_sampled"]} for r in records],
+        "nvml_peak_gib": {p.device: p.take() for p in nvml},
+    }

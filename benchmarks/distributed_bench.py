@@ -1,7 +1,8 @@
 """Distributed mode on two GPUs of one host: weight-sync time over NCCL, and the step time beside colocate mode.
 
-    python benchmarks/distributed_bench.py all --out results.json      # every part, one process each (~6 min)
-    python benchmarks/distributed_bench.py all --parts sync            # or step; --steps 3 is ~30 s shorter
+    python benchmarks/distributed_bench.py all --out results.json      # every part, one process each (~15 min)
+    python benchmarks/distributed_bench.py all --parts sync            # or step; --steps 3 is shorter
+    python benchmarks/distributed_bench.py step --mode distributed --max-staleness 1   # one step part
     python benchmarks/distributed_bench.py all --smoke                 # CPU: every code path at toy sizes
 
 Random-weight Qwen2.5-shaped models (``recipes.tiny_model.random_checkpoint``), bf16, placed
@@ -20,12 +21,18 @@ timeout; one that fails or hangs is recorded as an error and the rest go on.
   and load, each timed inside its actor). Then correctness: the learner's weights are
   perturbed, the stale-weight probe (``rollout.sync_check``) shows the gap before the push,
   and after it the gap and the guard's verdict.
-* step (one process per mode): the real driver (``GRPOTrainer``) on colocate_bench's config
-  (64 prompts x 8 generations x up to 256 new tokens, LoRA r16, micro-batch 16 x 32
-  accumulation, beta 0) for ``--steps`` optimizer steps in ``run.mode='distributed'``
-  (collective sync, the guard on) and ``'colocate'`` (one GPU); the per-stage times from
-  ``metrics.jsonl`` (median of steps 2..N). The driver runs rollout, rewards, learner and sync
-  one after another in both modes: distributed mode does not overlap rollout with training.
+* step (one process per item of :data:`STEP_ITEMS`): the real driver (``GRPOTrainer``) on
+  colocate_bench's config (64 prompts x 8 generations x up to 256 new tokens, LoRA r16,
+  micro-batch 16 x 32 accumulation: one optimizer step per cycle, beta 0) for ``--steps``
+  optimizer steps, in ``run.mode='distributed'`` (collective sync, the guard on; learner and
+  engine on one GPU each) and ``'colocate'`` (one GPU), at ``rollout.max_staleness`` 0 (the
+  synchronous loop: rollout, rewards, learner, sync in turn), 1 and 2 (the rollout of the next
+  cycles runs while the learner trains); the 1.5B shape at 1, LoRA and full. Per item, the
+  median over steps 2..N of the step (``time/cycle_s``), each phase's busy time (the engine's
+  ``time/generate_s``, the learner's ``time/train_s``), the waits (``time/learner_wait_s``: the
+  learner for a rollout; ``time/rollout_held_s``: the engine for the weights its rollout is due
+  with), the overlap achieved (``async/overlap`` = time both were busy / step time) and the
+  step against its longer phase; the staleness histogram over the steps.
 
 ``--smoke`` runs the same code on CPU: the hf engine, gloo, the 2-layer ``small`` shape in
 float32, 16 completions of 8 tokens per step, no NVML.
@@ -36,8 +43,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -47,31 +52,41 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
-    NvmlPeak, checkpoint, nvml_handle, our_config, prompts, run_part, visible_devices,
+    NvmlPeak, actor_gpus, checkpoint, nvml_handle, our_config, run_driver, run_part, visible_devices,
 )
 
 SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b")
 SMOKE_SHAPE = "small"
 STEP_SHAPE = "qwen2.5-0.5b"
 MODES = ("distributed", "colocate")
-SYNC_TIMEOUT_S = 60.0
-PART_TIMEOUT_S = {"sync": 300, "step": 360}
-TIME_KEYS = (
-    "time/cycle_s", "time/rollout_s", "time/generate_s", "time/rewards_s", "time/learner_s", "time/train_s",
-    "time/sync_s", "time/sync_check_s",
+#: The step part's runs: (run.mode, rollout.max_staleness, shape, LoRA), in the order they run.
+STEP_ITEMS = (
+    ("distributed", 0, STEP_SHAPE, True), ("distributed", 1, STEP_SHAPE, True), ("distributed", 2, STEP_SHAPE, True),
+    ("colocate", 0, STEP_SHAPE, True), ("colocate", 1, STEP_SHAPE, True),
+    ("distributed", 1, "qwen2.5-1.5b", True), ("distributed", 1, "qwen2.5-1.5b", False),
 )
+SMOKE_STEP_ITEMS = (("distributed", 0, SMOKE_SHAPE, True), ("distributed", 1, SMOKE_SHAPE, True),
+                    ("colocate", 1, SMOKE_SHAPE, True))
+SYNC_TIMEOUT_S = 60.0
+PART_TIMEOUT_S = {"sync": 300, "step": 480}
+
+
+def step_name(mode: str, max_staleness: int, shape: str, lora: bool) -> str:
+    """``distributed-s1``, ``distributed-s1-qwen2.5-1.5b-full``: a step item's key in the results."""
+    extra = "" if shape in (STEP_SHAPE, SMOKE_SHAPE) else f"-{shape}"
+    return f"{mode}-s{max_staleness}{extra}{'' if lora else '-full'}"
 
 
 def bench_config(
     path: Path, out: Path, *, lora: bool, mode: str, smoke: bool, steps: int = 100, sync_check: bool = True,
-    max_num_seqs: int | None = None,
+    max_num_seqs: int | None = None, max_staleness: int = 0,
 ):
     """colocate_bench's config in ``mode`` with eager vLLM and the collective sync; CPU-sized with ``smoke``."""
     base = our_config(path, out.parent, lora=lora)
     r, g, b = base.rollout, base.grpo, base.batch
     rollout = dataclasses.replace(
         r, enforce_eager=True, sync_backend="collective", sync_check=sync_check, sync_timeout_s=SYNC_TIMEOUT_S,
-        max_num_seqs=max_num_seqs,
+        max_num_seqs=max_num_seqs, max_staleness=max_staleness,
     )
     model = base.model
     if smoke:
@@ -86,10 +101,6 @@ def bench_config(
 
 
 # -- functions run inside the actors (``__ray_call__``) ------------------------------------------
-
-
-def _visible_gpus(actor: Any) -> str | None:
-    return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 #: Where a push's time goes: (actor, label, object on the actor, attribute) timed in place. The
@@ -172,8 +183,8 @@ def measure_sync(config: Any, pushes: int) -> dict[str, Any]:
         init_s = time.perf_counter() - started
         learner, worker = actors.learner, actors.rollout_workers[0]
         sync = make_weight_sync(config, actors)
-        gpus = {"learner": ray.get(learner.__ray_call__.remote(_visible_gpus)),
-                "engine": ray.get(worker.__ray_call__.remote(_visible_gpus))}
+        gpus = {"learner": ray.get(learner.__ray_call__.remote(actor_gpus)),
+                "engine": ray.get(worker.__ray_call__.remote(actor_gpus))}
         print(f"    actors up in {init_s:.1f}s on CUDA_VISIBLE_DEVICES {gpus}, sync backend {sync.backend}", flush=True)
         ray.get([learner.__ray_call__.remote(_time_stages, "learner"), worker.__ray_call__.remote(_time_stages, "engine")])
         t = time.perf_counter()
@@ -230,38 +241,16 @@ def part_sync(workdir: Path, shape: str, smoke: bool, pushes: int) -> dict[str, 
     return out
 
 
-def part_step(workdir: Path, mode: str, smoke: bool, steps: int) -> dict[str, Any]:
-    import ray
-
-    from grpo_ray.trainer import GRPOTrainer
-
-    path = checkpoint(workdir, SMOKE_SHAPE if smoke else STEP_SHAPE)
-    out = workdir / f"step-{mode}"
-    shutil.rmtree(out, ignore_errors=True)
-    config = bench_config(path, out, lora=True, mode=mode, smoke=smoke, steps=steps)
+def part_step(
+    workdir: Path, mode: str, smoke: bool, steps: int, max_staleness: int = 0, shape: str | None = None,
+    lora: bool = True,
+) -> dict[str, Any]:
+    shape = shape or (SMOKE_SHAPE if smoke else STEP_SHAPE)
+    path = checkpoint(workdir, shape)
+    out = workdir / f"step-{step_name(mode, max_staleness, shape, lora)}"
+    config = bench_config(path, out, lora=lora, mode=mode, smoke=smoke, steps=steps, max_staleness=max_staleness)
     nvml = [] if smoke else [NvmlPeak(d) for d in visible_devices()]
-    rows = [{"prompt": p} for p in prompts(config.batch.effective_batch_size // config.grpo.num_generations)]
-    started = time.perf_counter()
-    trainer = GRPOTrainer(config, rows)
-    try:
-        init_s = time.perf_counter() - started
-        roles = {"learner": trainer.actors.learner, "engine": trainer.actors.rollout_workers[0]}
-        gpus = {role: ray.get(a.__ray_call__.remote(_visible_gpus)) for role, a in roles.items()}
-        print(f"  step {mode}: actors up in {init_s:.1f}s on CUDA_VISIBLE_DEVICES {gpus}", flush=True)
-        trainer.run()
-    finally:
-        trainer.shutdown()
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    records = [r for r in records if r["step"] >= 1]
-    later = records[1:] or records
-    return {
-        "mode": mode, "init_s": init_s, "cuda_visible_devices": gpus,
-        "median_of_steps": [r["step"] for r in later],
-        "median": {k: statistics.median(r[k] for r in later) for k in TIME_KEYS if all(k in r for r in later)},
-        "steps": [{"step": r["step"], **{k: r.get(k) for k in TIME_KEYS}, "completion_length": r["completion_length"],
-                   "weight_version_sampled": r["weight_version_sampled"]} for r in records],
-        "nvml_peak_gib": {p.device: p.take() for p in nvml},
-    }
+    return {"shape": shape, **run_driver(config, nvml)}
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -291,8 +280,11 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                 "gap_synced": round(r["probe_gap_synced"], 4),
                 **{f"{label}_ms": round(1e3 * v, 1) for label, v in r["stages_s"].items()},
             }
-    for mode, r in results.get("step", {}).items():
-        table[f"step {mode}"] = "error" if "error" in r else {k.split("/")[1]: round(v, 2) for k, v in r["median"].items()}
+    for name, r in results.get("step", {}).items():
+        table[f"step {name}"] = "error" if "error" in r else {
+            **{k.split("/")[1]: round(v, 2) for k, v in r["median"].items()},
+            "step/longer_phase": round(r["step_over_longer_phase"], 2), "staleness": r["staleness_histogram"],
+        }
     return table
 
 
@@ -302,6 +294,9 @@ def main() -> None:
     parser.add_argument("--parts", default="sync,step")
     parser.add_argument("--shape", help="sync: the model shape (one process each)")
     parser.add_argument("--mode", choices=MODES, help="step: the placement (one process each)")
+    parser.add_argument("--max-staleness", type=int, default=0, help="step: rollout.max_staleness")
+    parser.add_argument("--step-shape", default=None, help="step: the model shape (default: qwen2.5-0.5b, smoke: small)")
+    parser.add_argument("--full", action="store_true", help="step: full fine-tuning instead of LoRA")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--pushes", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="CPU: hf engine, gloo, a 2-layer model, tiny batches")
@@ -314,7 +309,8 @@ def main() -> None:
         print("RESULT " + json.dumps(part_sync(workdir, args.shape, args.smoke, args.pushes)), flush=True)
         return
     if args.part == "step":
-        print("RESULT " + json.dumps(part_step(workdir, args.mode, args.smoke, args.steps)), flush=True)
+        result = part_step(workdir, args.mode, args.smoke, args.steps, args.max_staleness, args.step_shape, not args.full)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device_name(args.smoke),
@@ -324,8 +320,15 @@ def main() -> None:
     started = time.perf_counter()
     for part in args.parts.split(","):
         results[part] = {}
-        for item in ([SMOKE_SHAPE] if args.smoke else SHAPES) if part == "sync" else MODES:
-            flag = ["--shape", item, "--pushes", str(args.pushes)] if part == "sync" else ["--mode", item, "--steps", str(args.steps)]
+        items = ([SMOKE_SHAPE] if args.smoke else SHAPES) if part == "sync" else (SMOKE_STEP_ITEMS if args.smoke else STEP_ITEMS)
+        for entry in items:
+            if part == "sync":
+                item, flag = entry, ["--shape", entry, "--pushes", str(args.pushes)]
+            else:
+                mode, staleness, shape, lora = entry
+                item = step_name(mode, staleness, shape, lora)
+                flag = ["--mode", mode, "--max-staleness", str(staleness), "--step-shape", shape, "--steps", str(args.steps),
+                        *([] if lora else ["--full"])]
             t = time.perf_counter()
             print(f"{part} {item}: running (timeout {PART_TIMEOUT_S[part]}s)", flush=True)
             results[part][item] = run_part(__file__, [part, *flag, *common], PART_TIMEOUT_S[part], workdir / f"{part}-{item}.log")

@@ -10,7 +10,9 @@ or many nodes, since Ray decides where each bundle lands. ``run.mode`` picks the
   Each role's bundle asks for its custom resources (``batch.learner_resources``,
   ``rollout.resources``, ``reward.resources``), which is how roles are pinned to nodes.
 - colocate: one :class:`~actors.colocated_worker.ColocatedWorker` holds the learner and the
-  engine (one GPU, one copy of the base weights) and plays both roles for the driver.
+  engine (one GPU, one copy of the base weights) and plays both roles for the driver. With
+  ``rollout.max_staleness > 0`` its rollout role runs in a concurrency group of its own
+  (:data:`ROLLOUT_GROUP`), so generation overlaps training in the one process.
 
 ``run.ray_address`` (or ``$RAY_ADDRESS``) joins a running cluster (``auto`` = the one ``ray
 start`` made on this node) and ships the project's packages to its nodes through Ray's
@@ -37,6 +39,9 @@ PLACEMENT_TIMEOUT_S = 120.0
 PACKAGES = ("grpo_ray", "actors", "kernels", "recipes")
 SHIP_EXCLUDES = ["__pycache__", "*.pyc", "outputs", ".git", ".wheelhouse"]
 
+#: The colocated worker's concurrency group (one thread) for its rollout role, when asynchronous.
+ROLLOUT_GROUP = "rollout"
+
 
 @dataclass
 class Actors:
@@ -46,6 +51,15 @@ class Actors:
     placement_group: Any
     colocated: bool = False
     learner_ranks: list[Any] = field(default_factory=list)  # the actors behind ``learner`` (one, or N ranks)
+    rollout_group: str | None = None  # the colocated worker's rollout concurrency group (asynchronous)
+
+    def rollout_call(self, worker: Any, method: str) -> Any:
+        """``worker.<method>`` of a rollout worker, sent to the rollout group where there is one.
+
+        Such a call (an asynchronous colocated worker's) names the weight version it runs with;
+        a distributed rollout worker runs its calls in order, with the weights last pushed."""
+        bound = getattr(worker, method)
+        return bound.options(concurrency_group=self.rollout_group) if self.rollout_group else bound
 
     def unique(self) -> list[Any]:
         """Every actor once (the colocated worker plays two roles)."""
@@ -186,10 +200,10 @@ def place_actors(config: TrainConfig) -> Actors:
             "reward.num_workers or the per-worker CPUs/GPUs"
         )
 
-    def start(cls: type, index: int, *args: Any, restarts: int = 0) -> Any:
+    def start(cls: type, index: int, *args: Any, restarts: int = 0, groups: dict[str, int] | None = None) -> Any:
         spec = specs[index]
         return (
-            ray.remote(cls)
+            (ray.remote(concurrency_groups=groups)(cls) if groups else ray.remote(cls))
             .options(
                 num_cpus=spec.get("CPU", 0.0),
                 num_gpus=spec.get("GPU", 0.0),
@@ -206,8 +220,11 @@ def place_actors(config: TrainConfig) -> Actors:
         start(RewardWorker, first_reward + i, config.reward, restarts=restarts) for i in range(config.reward.num_workers)
     ]
     if resolve_mode(config) == "colocate":
-        worker = start(ColocatedWorker, 0, config, max(1, int(specs[0]["CPU"])))  # holds the learner: no restarts
-        return Actors(worker, [worker], reward, pg, colocated=True)
+        group = ROLLOUT_GROUP if config.rollout.max_staleness else None
+        worker = start(  # holds the learner: no restarts
+            ColocatedWorker, 0, config, max(1, int(specs[0]["CPU"])), groups={group: 1} if group else None
+        )
+        return Actors(worker, [worker], reward, pg, colocated=True, rollout_group=group)
     n = config.batch.num_processes
     ranks = [start(Learner, rank, config, max(1, int(specs[rank]["CPU"])), None, rank) for rank in range(n)]
     rollout = [start(RolloutWorker, n + i, config, i, restarts=restarts) for i in range(config.rollout.num_workers)]

@@ -78,6 +78,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 REPORT_SINKS = ("tensorboard", "wandb", "swanlab")
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "auto")
+OFF_POLICY_CORRECTIONS = ("tis", "decoupled")
 
 
 @dataclass(frozen=True)
@@ -556,6 +557,22 @@ class RolloutConfig:
         "false = full CUDA graphs of decode steps only, no compilation (faster first start, prefill eager). "
         "The compile cache under $VLLM_CACHE_ROOT (~/.cache/vllm) makes later starts faster.",
     )
+    max_staleness: int = knob(
+        0,
+        "Asynchronous rollouts: generation runs up to this many weight updates ahead of the learner (one update per "
+        "generation cycle: an optimizer step when a cycle takes one), so a cycle's rollout overlaps the learner's "
+        "training on earlier ones; a sample generated with the weights of update v is trained at update v + "
+        "max_staleness at the latest, never later (a rollout that would be waits for newer weights). 0 = the "
+        "synchronous loop (generate, score, train, sync in turn).",
+    )
+    off_policy_correction: str = knob(
+        "tis",
+        "How the loss treats samples from older weights (the engine's per-token logprobs are the behaviour policy): "
+        "tis (the PPO ratio against the learner's logprobs when it starts the batch, each token weighted by the "
+        "engine correction of grpo.vllm_importance_sampling_mode, as for the engine's numerics) or decoupled "
+        "(AReaL: the proximal policy is the learner at the start of each optimizer step, so the behaviour weight pi_prox/pi_engine, capped as grpo.vllm_importance_sampling_* say, carries the whole "
+        "correction and no old-logprob pass runs). Both need grpo.vllm_importance_sampling_correction.",
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.resources, tuple):
@@ -582,6 +599,8 @@ class RolloutConfig:
             _check_int("rollout", "max_num_seqs", self.max_num_seqs, 1)
         if self.kv_cache_tokens is not None:
             _check_int("rollout", "kv_cache_tokens", self.kv_cache_tokens, 1)
+        _check_int("rollout", "max_staleness", self.max_staleness, 0)
+        _check_choice("rollout", "off_policy_correction", self.off_policy_correction, OFF_POLICY_CORRECTIONS)
 
 
 @dataclass(frozen=True)
@@ -879,6 +898,16 @@ class TrainConfig:
                 f"{self.batch.gradient_accumulation_steps} micro-steps runs on past the end of a generation cycle "
                 f"({per_cycle} micro-steps), and DeepSpeed's checkpoints do not hold a window's pending gradients: "
                 f"set batch.gradient_accumulation_steps to a divisor of {per_cycle}, or batch.train_backend='plain'"
+            )
+        stale = f"rollout.max_staleness={self.rollout.max_staleness}"
+        r = self.rollout
+        if (r.max_staleness or r.off_policy_correction == "decoupled") and not self.grpo.vllm_importance_sampling_correction:
+            why = (f"{stale} trains on samples from older weights" if r.max_staleness else
+                   "rollout.off_policy_correction='decoupled' puts its behaviour weight in the importance-sampling term")
+            raise ConfigError(
+                f"{why}, and the engine's logprobs enter the loss only through grpo.vllm_importance_sampling_correction, "
+                "which is off: set grpo.vllm_importance_sampling_correction=true (or rollout.max_staleness=0 and "
+                "rollout.off_policy_correction='tis')"
             )
 
 

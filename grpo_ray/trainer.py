@@ -13,6 +13,13 @@
 Where the actors live (one CPU box, one GPU, many nodes) is decided in grpo_ray.cluster; the
 loop is the same everywhere.
 
+Asynchronous rollouts (``rollout.max_staleness = S > 0``) are a schedule of the same stages,
+not another loop: the rollout stage is a bounded queue (grpo_ray.rollout_pipeline) that starts
+cycle c + S with the weights the learner pushed after cycle c - 1, so the rollouts of the next S
+cycles run on the workers while the learner trains this one; S = 0 starts cycle c's rollout and
+waits for it, which is the synchronous loop. Staleness, who waited for whom and the overlap are
+logged per step (``async/*``).
+
 Reliability: the driver owns a :class:`~grpo_ray.trainer_state.TrainerState`, saved with the
 learner's state in atomic checkpoints (grpo_ray.checkpoint) and restored by ``run.resume``. A
 rollout or reward worker that dies is restarted by Ray and its share of the cycle is retried
@@ -24,6 +31,7 @@ actors down and exits with one line saying how to resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -45,15 +53,17 @@ from grpo_ray.checkpoint import (
     write_atomic,
 )
 from grpo_ray.cli import config_to_dict
-from grpo_ray.cluster import Actors, connect, place_actors, uses_gpu
+from grpo_ray.cluster import Actors, connect, place_actors
 from grpo_ray.config import TrainConfig
 from grpo_ray.data import PromptSampler, columns_of
 from grpo_ray.guards import drop_nonfinite_rewards, zero_variance_groups
 from grpo_ray.rollout_batch import RolloutBatch
+from grpo_ray.rollout_pipeline import RolloutPipeline
+from grpo_ray.staleness import last_cycle
 from grpo_ray.startup import Checked, preflight
 from grpo_ray.tracking import MetricsLog, console_line
-from grpo_ray.weight_sync import WeightSyncError, make_weight_sync
 from grpo_ray.trainer_state import TrainerState
+from grpo_ray.weight_sync import WeightSyncError, make_weight_sync
 
 log = logging.getLogger("grpo_ray")
 
@@ -124,6 +134,7 @@ class GRPOTrainer:
         self.actors: Actors | None = None
         self._stop_signal: int | None = None
         self._saved_step: int | None = None
+        self._learner_free_since: float | None = None  # when the learner finished its last batch (time.time())
         self.state = TrainerState()
         self.resumed_from = resume_from
         try:
@@ -141,9 +152,21 @@ class GRPOTrainer:
         self.actors = place_actors(config)
         self.reward_names: list[str] = ray.get(self.actors.reward_workers[0].names.remote())
         self.weight_sync = make_weight_sync(config, self.actors)
+        g = config.grpo.num_generations
+        self.pipeline = RolloutPipeline(
+            self.sampler, self.plan.unique_prompts, config.rollout.max_staleness,
+            last_cycle(config.run.max_steps, config.batch.gradient_accumulation_steps, self.plan.micro_steps_per_generation),
+            start=lambda rows, cycle, version: self.start_rollout(
+                [r["prompt"] for r in rows], num_generations=g, seed=config.run.seed + cycle, weight_version=version
+            ),
+            finish=lambda rows, cycle, handles, version: self.finish_rollout(
+                [r["prompt"] for r in rows], handles, num_generations=g, seed=config.run.seed + cycle,
+                weight_version=version,
+            ),
+        )
         if resume_from is not None:
             self.state = TrainerState.from_dict(read_trainer_state(resume_from)["state"])
-            self.sampler.load_state(self.state.sampler)
+            self.pipeline.reset(self.state)  # the sampler's position, and the rollouts generated ahead
             version = ray.get(self.actors.learner.load_state.remote(str(resume_from)))
             if version != self.state.step:
                 raise TrainingFailed(f"{resume_from} is inconsistent: learner at version {version}, trainer at step {self.state.step}")
@@ -154,20 +177,52 @@ class GRPOTrainer:
     # -- the stages ------------------------------------------------------------------------------
 
     def generate(self, prompts: list[Any], *, num_generations: int, seed: int, greedy: bool = False) -> RolloutBatch:
-        """Split whole prompts (so groups stay together) across rollout workers; stack the results.
+        """Completions of ``prompts`` with the current weights (the loop's rollouts go through the
+        pipeline, :meth:`start_rollout` and :meth:`finish_rollout`)."""
+        kwargs = dict(num_generations=num_generations, seed=seed, greedy=greedy, weight_version=self.version)
+        return self.finish_rollout(prompts, self.start_rollout(prompts, **kwargs), **kwargs)
 
-        A worker that died, or answers with other weights than the current ones (it restarted
-        between calls), is re-synced and asked again with the same seed."""
+    def start_rollout(
+        self, prompts: list[Any], *, num_generations: int, seed: int, weight_version: int, greedy: bool = False
+    ) -> list[Any]:
+        """Send whole prompts (so groups stay together) to the rollout workers; returns at once."""
+        shares = _split(prompts, len(self.actors.rollout_workers))
+        return [
+            self._generate_call(w, share, num_generations, seed, weight_version, greedy)
+            for w, share in zip(self.actors.rollout_workers, shares)
+        ]
+
+    def finish_rollout(
+        self, prompts: list[Any], started: list[Any], *, num_generations: int, seed: int, weight_version: int,
+        greedy: bool = False,
+    ) -> RolloutBatch:
+        """Wait for a rollout :meth:`start_rollout` started; stack the workers' parts.
+
+        A worker that died, or answers with other weights than ``weight_version`` (it restarted
+        between calls), is re-synced to the current weights and asked again with the same seed."""
         workers = self.actors.rollout_workers
         shares = _split(prompts, len(workers))
         parts = self._gather(
             "rollout",
             workers[: len(shares)],
-            lambda i, w: w.generate.remote(shares[i], num_generations=num_generations, seed=seed, greedy=greedy),
-            valid=lambda part: part.weight_version == self.version,
+            lambda i, w: self._generate_call(w, shares[i], num_generations, seed, weight_version, greedy),
+            futures=started,
+            valid=lambda part: part.weight_version in (weight_version, self.version),
             recover=self._resync,
         )
+        versions = sorted({part.weight_version for part in parts})
+        if len(versions) > 1:  # a share generated again after a restart, with newer weights
+            log.warning("rollout parts were generated with weight versions %s: the batch counts as %d", versions, versions[0])
+            parts = [dataclasses.replace(part, weight_version=versions[0]) for part in parts]
         return RolloutBatch.concat(parts)
+
+    def _generate_call(
+        self, worker: Any, prompts: list[Any], num_generations: int, seed: int, weight_version: int, greedy: bool
+    ) -> Any:
+        # an asynchronous colocated worker keeps several weight versions: the call names its own
+        version = {"weight_version": weight_version} if self.actors.rollout_group else {}
+        call = self.actors.rollout_call(worker, "generate")
+        return call.remote(prompts, num_generations=num_generations, seed=seed, greedy=greedy, **version)
 
     def score(self, rows: list[dict[str, Any]], batch: RolloutBatch) -> torch.Tensor:
         """``[N, R]`` rewards; whole groups of completions are split across reward workers."""
@@ -187,13 +242,49 @@ class GRPOTrainer:
         return torch.tensor(scores, dtype=torch.float32).reshape(len(batch), len(self.reward_names))
 
     def sync_weights(self) -> int:
-        """Make every rollout worker hold the learner's weights (checked); returns that version."""
-        return self.weight_sync.push()
+        """Make every rollout worker hold the learner's weights (checked); returns that version.
 
-    def _resync(self, worker: Any) -> None:
+        A rollout worker that died (asynchronous: while generating, so the push queued behind its
+        rollout failed) gets the weights alone once Ray restarted it; its rollouts are retried
+        when the loop collects them."""
+        import ray
+
+        started = time.perf_counter()
+        try:
+            return self.weight_sync.push()
+        except (ray.exceptions.RayActorError, WeightSyncError) as err:
+            died = [] if self.actors.colocated else self._rollout_workers_died(err)
+            if not died:
+                raise
+            workers = self.actors.rollout_workers
+            try:
+                for index in died:
+                    self._wait_alive("rollout", index, workers[index])
+            except ray.exceptions.RayActorError:  # not restarted (run.max_worker_restarts spent)
+                raise err from None
+            version = ray.get(self.actors.learner.weight_version.remote())
+            log.warning("rollout worker(s) %s died during the weight sync: giving them version %d alone", died, version)
+            self.state.worker_restarts += len(died)
+            for worker in workers:  # the restarted ones, and any a failed broadcast left behind
+                if ray.get(worker.weight_version.remote()) != version:
+                    self._resync(worker, version)
+            if self.config.rollout.sync_check:
+                self.weight_sync.check(version)
+            self.weight_sync.timings = {"time/sync_s": time.perf_counter() - started}
+            return version
+
+    def _rollout_workers_died(self, err: Exception) -> list[int]:
+        """Indices of the rollout workers whose death ``err`` (from a weight sync) reports."""
+        if isinstance(err, WeightSyncError):
+            return list(err.died)
+        ids = [w._actor_id.hex() for w in self.actors.rollout_workers]
+        actor = getattr(err, "actor_id", None)
+        return [ids.index(actor)] if actor in ids else []
+
+    def _resync(self, worker: Any, version: int | None = None) -> None:
         """Give one (restarted) rollout worker the current weights before it serves again."""
         try:
-            self.weight_sync.resync(worker, self.version)
+            self.weight_sync.resync(worker, self.version if version is None else version)
         except WeightSyncError as err:
             raise TrainingFailed(str(err)) from None
 
@@ -205,15 +296,17 @@ class GRPOTrainer:
         *,
         valid: Callable[[Any], bool] | None = None,
         recover: Callable[[Any], None] | None = None,
+        futures: list[Any] | None = None,
     ) -> list[Any]:
         """``ray.get`` of ``submit(i, worker)`` for each worker, surviving worker deaths.
 
         A worker that died (Ray restarts it, up to ``run.max_worker_restarts`` times) or whose
         answer fails ``valid`` gets ``recover(worker)`` once it is back, and its call again.
-        Exceptions raised inside a worker's code are not retried."""
+        Exceptions raised inside a worker's code are not retried. ``futures``: the calls,
+        already submitted (``submit`` then only retries)."""
         import ray
 
-        futures = [submit(i, w) for i, w in enumerate(workers)]
+        futures = list(futures) if futures is not None else [submit(i, w) for i, w in enumerate(workers)]
         results = []
         limit = self.config.run.max_worker_restarts
         for i, worker in enumerate(workers):
@@ -334,9 +427,11 @@ class GRPOTrainer:
 
         c, s = self.config, self.state
         g = c.grpo.num_generations
-        started = time.perf_counter()
-        rows = self.sampler.next(self.plan.unique_prompts)
-        batch = self.generate([r["prompt"] for r in rows], num_generations=g, seed=c.run.seed + s.cycle)
+        started, began = time.perf_counter(), time.time()
+        self.pipeline.fill(policy=s.cycle, weight_version=self.version)  # the rollouts these weights generate
+        rollout = self.pipeline.take(s.cycle)  # this cycle's, started max_staleness cycles ago (or just now)
+        rows, batch = rollout.rows, rollout.batch
+        assert batch is not None
         generated = time.perf_counter()
         raw = self.score(rows, batch)
         scored = time.perf_counter()
@@ -351,10 +446,11 @@ class GRPOTrainer:
             "frac_reward_zero_std": float(flat.float().mean()),
         }
         batch.completion_mask = batch.completion_mask.masked_fill(dropped.unsqueeze(1), 0)  # out of the loss
-        learning = time.perf_counter()
+        learning, train_began = time.perf_counter(), time.time()
         step_metrics = ray.get(
             self.actors.learner.train_generation.remote(batch, s.cycle, max_steps=c.run.max_steps - s.step)
         )
+        train_ended = time.time()
         # the driver's view of each stage (with Ray's transfers), beside the actors' own time/*_s
         summary |= {
             "time/rollout_s": generated - started, "time/rewards_s": scored - generated,
@@ -362,9 +458,15 @@ class GRPOTrainer:
         }
         self.version = self.sync_weights()
         summary.update(self.weight_sync.timings)
+        summary |= self.pipeline.step_metrics(
+            rollout, learner_version=s.step, window=(began, time.time()), learner_busy=(train_began, train_ended),
+            learner_free_since=self._learner_free_since or began,
+        )
+        self._learner_free_since = train_ended
         s.cycle += 1
         s.dropped_samples += int(dropped.sum())
         s.zero_variance_groups += int(flat.sum())
+        s.stale_dropped_samples += int(summary["async/dropped_samples"])
         summary["time/cycle_s"] = time.perf_counter() - started
         records = []
         for m in step_metrics:
@@ -380,6 +482,7 @@ class GRPOTrainer:
                 "total/dropped_samples": s.dropped_samples,
                 "total/zero_variance_groups": s.zero_variance_groups,
                 "total/worker_restarts": s.worker_restarts,
+                "total/stale_dropped_samples": s.stale_dropped_samples,
             })
         if self.version != s.step:
             raise TrainingFailed(f"step count out of step: {s.step} optimizer steps counted, learner at version {self.version}")
@@ -415,7 +518,8 @@ class GRPOTrainer:
         name = checkpoint_name(s.step)
         if self._saved_step == s.step and (out / name / TRAINER_STATE).is_file():
             return out / name
-        s.sampler = self.sampler.state()
+        self.pipeline.complete()  # rollouts generated ahead are saved with the checkpoint, finished
+        s.sampler, s.pending_rollouts = self.pipeline.state()
         s.weight_version = self.version
         payload = {"state": s.to_dict(), "config": config_to_dict(c)}
 

@@ -15,11 +15,17 @@ One seam, chosen by the placement (:mod:`grpo_ray.cluster`):
 A rollout worker that Ray restarted gets the weights alone through the object store
 (:meth:`WeightSync.resync`) before it serves again.
 
-After every push the stale-weight guard compares the engine's and the learner's logprobs of
-one fixed probe sequence. A sleep-mode engine that silently kept old weights (a known failure
+After every push the stale-weight guard checks the weight version each engine reports, then
+compares the engine's and the learner's logprobs of one fixed probe sequence. A sleep-mode engine that silently kept old weights (a known failure
 of colocated peers) or a dropped update shows up there as a gap far beyond kernel rounding,
 and the run stops instead of training on samples from the wrong policy. The guard costs one
 forward pass over ``PROBE_LENGTH`` tokens on each side per sync.
+
+Asynchronous rollouts (``rollout.max_staleness > 0``): a push reaches an engine between
+requests, never during one. A distributed rollout worker runs its calls in the order the driver
+sent them, so the push (and the guard's probe after it) waits for the rollouts started before
+it, which keep the weights they started with; an asynchronous colocated worker keeps up to
+``max_staleness + 1`` versions (:mod:`actors.colocated_worker`) and the probe names the version.
 """
 
 from __future__ import annotations
@@ -39,7 +45,12 @@ class StaleWeightsError(RuntimeError):
 
 
 class WeightSyncError(RuntimeError):
-    """A weight transfer failed or ran out of time; the message names the actor at fault."""
+    """A weight transfer failed or ran out of time; the message names the actor at fault, ``died``
+    the rollout workers (by index) that died during it."""
+
+    def __init__(self, message: str, died: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.died = died
 
 
 def probe_tokens(vocab_size: int, length: int = PROBE_LENGTH, seed: int = 0) -> list[int]:
@@ -57,8 +68,14 @@ def sync_tolerance(config: TrainConfig) -> float:
 class WeightSync:
     """``push()`` makes every rollout worker hold the learner's current weights; returns that version."""
 
-    def __init__(self, config: TrainConfig, learner: Any, rollout_workers: list[Any], vocab_size: int):
+    def __init__(
+        self, config: TrainConfig, learner: Any, rollout_workers: list[Any], vocab_size: int,
+        rollout_call: Any = getattr, versioned: bool = False,
+    ):
+        """``rollout_call(worker, method)``: how the rollout workers' methods are called
+        (:meth:`grpo_ray.cluster.Actors.rollout_call`); ``versioned``: their probes name the version."""
         self.config = config
+        self.rollout_call, self.versioned = rollout_call, versioned
         self.learner = learner
         self.rollout_workers = rollout_workers
         g = config.grpo
@@ -91,11 +108,21 @@ class WeightSync:
         ray.get(worker.update_weights.remote(weights, version))
 
     def check(self, version: int) -> None:
-        """Raise :class:`StaleWeightsError` if any engine's probe logprobs drift from the learner's."""
+        """Raise :class:`StaleWeightsError` if an engine reports another version than ``version``, or
+        its probe logprobs drift from the learner's."""
         import ray
 
-        expected = ray.get(self.learner.policy_logprobs.remote(self.probe))
-        seen = ray.get([w.sampler_logprobs.remote(self.probe) for w in self.rollout_workers])
+        at = {"weight_version": version} if self.versioned else {}
+        expected = self.learner.policy_logprobs.remote(self.probe)
+        probes = [self.rollout_call(w, "sampler_logprobs").remote(self.probe, **at) for w in self.rollout_workers]
+        reported = ray.get([w.weight_version.remote() for w in self.rollout_workers])
+        for index, held in enumerate(reported):
+            if held != version:
+                raise StaleWeightsError(
+                    f"rollout worker {index} reports weight version {held} after the push of version {version}: "
+                    "the engine did not take the learner's weights; stopping rather than training on its samples"
+                )
+        expected, seen = ray.get(expected), ray.get(probes)
         for index, logps in enumerate(seen):
             gap = float((logps - expected).abs().mean())
             if not gap <= self.tolerance:  # also catches NaN
@@ -174,7 +201,9 @@ class CollectiveSync(WeightSync):
         ray.wait(everyone, num_returns=len(everyone), timeout=self.timeout_s)
         ready = set(ray.wait(everyone, num_returns=len(everyone), timeout=0)[0])
         problems: list[tuple[int, str]] = []  # (0 died, 1 stalled, 2 failed: likely the others' victim), text
-        for name, ref in [*((f"rollout worker {i}", r) for i, r in enumerate(receivers)), ("learner rank 0", sender)]:
+        died: list[int] = []
+        for index, (name, ref) in enumerate([*((f"rollout worker {i}", r) for i, r in enumerate(receivers)),
+                                             ("learner rank 0", sender)]):
             if ref not in ready:
                 problems.append((1, f"{name} did not finish within rollout.sync_timeout_s={self.timeout_s:g}s (stalled)"))
                 continue
@@ -182,12 +211,13 @@ class CollectiveSync(WeightSync):
                 ray.get(ref)
             except ray.exceptions.RayActorError as err:
                 problems.append((0, f"{name} died ({type(err).__name__})"))
+                died += [index] if index < len(receivers) else []
             except ray.exceptions.RayTaskError as err:
                 cause = str(err.cause).strip().splitlines()[0][:200] if str(err.cause).strip() else ""
                 problems.append((2, f"{name} failed: {type(err.cause).__name__}: {cause}"))
         if problems:
             problems.sort(key=lambda p: p[0])
-            raise WeightSyncError(f"could not {what}: " + "; ".join(text for _, text in problems))
+            raise WeightSyncError(f"could not {what}: " + "; ".join(text for _, text in problems), tuple(died))
 
     def resync(self, worker: Any, version: int) -> None:
         super().resync(worker, version)
@@ -213,4 +243,7 @@ def make_weight_sync(config: TrainConfig, actors: Any) -> WeightSync:
         cls: type[WeightSync] = InProcessSync
     else:
         cls = CollectiveSync if config.rollout.sync_backend == "collective" else ObjectStoreSync
-    return cls(config, actors.learner, actors.rollout_workers, vocab_size)
+    return cls(
+        config, actors.learner, actors.rollout_workers, vocab_size, rollout_call=actors.rollout_call,
+        versioned=actors.rollout_group is not None,
+    )

@@ -184,7 +184,9 @@ class KVOnlySleep:
 class VLLMEngine:
     """vLLM's offline ``LLM`` in this process, started once per run."""
 
-    def __init__(self, config: TrainConfig, *, colocated: bool = False):
+    def __init__(self, config: TrainConfig, *, colocated: bool = False, lora_slots: int = 1):
+        """``lora_slots``: adapters held at once (LoRA only), one per weight version an asynchronous
+        colocated run keeps (``rollout.max_staleness + 1``); :meth:`use_slot` picks the one sampled from."""
         require_supported_vllm()
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # keep the model in this process
         from transformers import AutoConfig
@@ -223,12 +225,15 @@ class VLLMEngine:
         if m.load_in_4bit:
             kwargs.update(quantization="bitsandbytes")  # NF4, quantized once while loading the checkpoint
         if lora.enabled:
-            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank_slot(lora.r))
+            kwargs.update(enable_lora=True, max_loras=lora_slots, max_lora_rank=lora_rank_slot(lora.r))
         self.llm = LLM(**kwargs)
         self.model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
         if colocated:
             self.llm.llm_engine.model_executor.driver_worker.worker._sleep_mode_backend = KVOnlySleep()
-        self.lora_request = self._register_lora() if lora.enabled else None
+        self.lora_slots = lora_slots if lora.enabled else 0
+        self.lora_requests = [self._register_lora(slot) for slot in range(self.lora_slots)]
+        self.lora_request = self.lora_requests[0] if self.lora_requests else None
+        self._prefix_stale = False  # a slot was rewritten off this thread: reset the prefix cache before sampling
         # colocated full fine-tuning trains the engine's own tensors (shared_policy); LoRA
         # adapters live in vLLM's slots and are copied there on every sync
         self.shares_weights = colocated and not lora.enabled
@@ -253,6 +258,7 @@ class VLLMEngine:
             logprobs=0,  # the sampled token's own logprob
             detokenize=False,
         )
+        self._reset_stale_prefix_cache()
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
             params,
@@ -272,6 +278,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        self._reset_stale_prefix_cache()
         (request,) = self.llm.generate(
             [TokensPrompt(prompt_token_ids=token_ids)], params, lora_request=self.lora_request, use_tqdm=False
         )
@@ -280,20 +287,37 @@ class VLLMEngine:
 
     # -- weights ---------------------------------------------------------------------------------
 
-    def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
+    def update_weights(self, weights: dict[str, torch.Tensor], slot: int | None = None) -> None:
         """LoRA tensors (peft names) into the pinned slot, or a full HF state dict in place; then
-        drop the prefix cache, whose keys do not change with the weights."""
+        drop the prefix cache, whose keys do not change with the weights.
+
+        ``slot``: LoRA into that adapter slot, from another thread than the one generating (an
+        asynchronous colocated run, which samples from another slot meanwhile): the prefix cache
+        is dropped by the generating thread before its next request, between requests."""
+        if slot is not None:
+            self._set_lora(weights, slot)
+            self._prefix_stale = True
+            return
         if weights and self.config.lora.enabled:
-            self._set_lora(weights)
+            self._set_lora(weights, 0)
         elif weights:
             self.model.load_weights((name, tensor) for name, tensor in weights.items())
         self.llm.reset_prefix_cache()
 
+    def use_slot(self, slot: int) -> None:
+        """Sample from LoRA slot ``slot`` from the next request on."""
+        self.lora_request = self.lora_requests[slot]
+
+    def _reset_stale_prefix_cache(self) -> None:
+        if self._prefix_stale:
+            self._prefix_stale = False
+            self.llm.reset_prefix_cache()
+
     def _lora_manager(self) -> Any:
         return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.lora_manager._adapter_manager
 
-    def _register_lora(self) -> Any:
-        """Register a zero adapter of the configured shape once, pinned to a GPU slot.
+    def _register_lora(self, slot: int) -> Any:
+        """Register a zero adapter of the configured shape once, pinned to GPU slot ``slot``.
 
         vLLM loads adapters only from a directory, so the first one (all zeros: the base model)
         is written to a temporary directory; every later update goes to the slot from memory.
@@ -302,15 +326,16 @@ class VLLMEngine:
 
         folder = Path(tempfile.mkdtemp(prefix="grpo-ray-lora-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
         write_zero_adapter(self.config, self.hf_config, folder)
-        request = LoRARequest(LORA_NAME, LORA_ID, str(folder))
+        # distinct names: vLLM's prefix-cache keys hold the adapter's name
+        request = LoRARequest(LORA_NAME if slot == 0 else f"{LORA_NAME}-{slot}", LORA_ID + slot, str(folder))
         self.llm.llm_engine.add_lora(request)
-        self.llm.llm_engine.pin_lora(LORA_ID)
+        self.llm.llm_engine.pin_lora(LORA_ID + slot)
         return request
 
     @torch.no_grad()
-    def _set_lora(self, weights: dict[str, torch.Tensor]) -> None:
+    def _set_lora(self, weights: dict[str, torch.Tensor], adapter: int) -> None:
         manager = self._lora_manager()
-        slot = manager.lora_index_to_id.index(LORA_ID)
+        slot = manager.lora_index_to_id.index(LORA_ID + adapter)
         lora = self.config.lora
         scale = lora.alpha / lora.r
         a_of, b_of = {}, {}

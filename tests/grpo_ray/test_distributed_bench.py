@@ -91,15 +91,27 @@ def test_smoke_runs_every_part_and_the_figures_hold_together(tmp_path):
         assert set(stages) == {"export", "send", "receive", "engine_load"} and min(stages.values()) > 0
         assert stages["export"] + stages["send"] < r["sync_s"] and stages["receive"] + stages["engine_load"] < r["sync_s"]
     assert sync["lora"]["bytes"] < sync["full"]["bytes"]
-    for mode in ("distributed", "colocate"):
-        step = result["step"][mode]
-        assert [s["weight_version_sampled"] for s in step["steps"]] == [0, 1, 2]
+    assert set(result["step"]) == {"distributed-s0", "distributed-s1", "colocate-s1"}
+    for name, step in result["step"].items():
+        s = step["max_staleness"]
+        # steps 1-3 are cycles 0-2 (one optimizer step each); cycle c is generated with update max(c - s, 0)
+        assert [x["weight_version_sampled"] for x in step["steps"]] == [max(c - s, 0) for c in range(3)], name
+        assert [x["async/staleness"] for x in step["steps"]] == [min(c, s) for c in range(3)], name
+        assert step["staleness_histogram"] == {str(k): 16.0 * [min(c, s) for c in range(3)].count(k) for k in range(s + 1)}
         assert step["median_of_steps"] == [2, 3]
         median = step["median"]
         assert set(median) == {
             "time/cycle_s", "time/rollout_s", "time/generate_s", "time/rewards_s", "time/learner_s", "time/train_s",
-            "time/sync_s", "time/sync_check_s",
+            "time/sync_s", "time/sync_check_s", "time/learner_wait_s", "time/rollout_held_s", "time/overlap_s",
+            "async/overlap", "async/staleness",
         }
         stages = median["time/rollout_s"] + median["time/rewards_s"] + median["time/learner_s"] + median["time/sync_s"]
-        assert stages <= median["time/cycle_s"] * 1.01
-    assert set(result["summary"]) == {"sync small full", "sync small lora", "step distributed", "step colocate"}
+        assert stages <= median["time/cycle_s"] * 1.01 and 0 <= median["async/overlap"] <= 1
+        assert step["step_over_longer_phase"] > 0
+    # synchronous: nothing generates while the learner trains; asynchronous: the next cycle's rollout does
+    assert [x["async/overlap"] for x in result["step"]["distributed-s0"]["steps"]] == [0.0] * 3
+    for name in ("distributed-s1", "colocate-s1"):
+        assert result["step"][name]["steps"][0]["async/overlap"] > 0, name
+    assert set(result["summary"]) == {
+        "sync small full", "sync small lora", "step distributed-s0", "step distributed-s1", "step colocate-s1",
+    }
