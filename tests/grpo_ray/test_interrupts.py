@@ -54,7 +54,9 @@ def ctrl_c_when(proc: subprocess.Popen, ready, timeout_s: float = 300) -> tuple[
     return "".join(out), "".join(err), tree
 
 
-def left_running(pids: list[int], grace_s: float = 15) -> list[str]:
+def left_running(pids: list[int], grace_s: float = 60) -> list[str]:
+    """The processes of ``pids`` still alive after ``grace_s`` (Ray's dashboard agent notices its
+    raylet is gone by polling: on a loaded 2-core box that took more than 15 s once)."""
     deadline = time.monotonic() + grace_s
     while True:
         alive = []

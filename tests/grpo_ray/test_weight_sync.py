@@ -49,8 +49,13 @@ def test_stale_weight_guard_stops_a_run_whose_engine_missed_a_sync(cluster, chec
 
         batch.advantages = compute_advantages(batch.rewards, 4)
         ray.get(trainer.actors.learner.train_generation.remote(batch, 0))
+        pushed = trainer.version + 2  # the push that should have come was skipped: the engines say so
+        with pytest.raises(StaleWeightsError, match=f"rollout worker 0 reports weight version 0 after the push of version {pushed}"):
+            trainer.weight_sync.check(pushed)
+        for worker in trainer.actors.rollout_workers:  # engines that claim the version without its weights
+            ray.get(worker.update_weights.remote({}, pushed))
         with pytest.raises(StaleWeightsError, match="rollout worker 0 does not hold the learner's weights"):
-            trainer.weight_sync.check(trainer.version + 2)  # the push that should have come was skipped
+            trainer.weight_sync.check(pushed)  # the probe's logprobs give them away
         assert trainer.sync_weights() == 2  # after a real push the guard passes again
     finally:
         trainer.shutdown()
